@@ -1,0 +1,160 @@
+"""The callback that steers a training run: learning rate, dev BLEU, early stopping,
+checkpoints for resuming, the best model, history and the time budget.
+
+Keras' own EarlyStopping/ModelCheckpoint/ReduceLROnPlateau each keep state that a
+resumed run would lose (best score, wait counter, plateau scale); one callback that
+writes all of it into the checkpoint makes resume exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from translator.config import TrainingConfig
+from translator.io_utils import atomic_open, atomic_path, atomic_write_json
+
+STATE_FILE, CHECKPOINT_FILE = "state.json", "last.keras"
+
+
+@dataclass
+class RunState:
+    """Everything beyond the weights and the optimizer that a resumed run needs."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step_in_epoch: int = 0  # batches of that epoch already trained
+    global_step: int = 0
+    best_bleu: float = -1.0
+    best_epoch: int = -1
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    plateau_evals: int = 0  # evaluations since the last improvement or LR cut
+    lr_scale: float = 1.0
+    seconds: float = 0.0  # training time spent so far, over all sessions
+    finished: bool = False
+    stop_reason: str = ""
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, folder: Path) -> None:
+        atomic_write_json(folder / STATE_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, folder: Path) -> RunState:
+        return cls(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+
+
+def learning_rate(cfg: TrainingConfig, step: int, scale: float) -> float:
+    """Linear warm-up, then constant (scaled down on plateaus) or inverse square root."""
+    step = max(step, 1)
+    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.decay == "inverse_sqrt" and cfg.warmup_steps and step > cfg.warmup_steps:
+        warm = math.sqrt(cfg.warmup_steps / step)
+    return cfg.learning_rate * warm * scale
+
+
+class TrainingControl(keras.callbacks.Callback):
+    """Per batch: sets the learning rate, checkpoints every `checkpoint_every` steps and
+    watches the time budget. Per epoch: dev BLEU, history, best model, early stopping."""
+
+    def __init__(self, folder: Path, cfg: TrainingConfig, state: RunState, steps_per_epoch: int,
+                 evaluate: Callable[[], float], save_best: Callable[[], None],
+                 checkpoint_every: int = 200, log: Callable[[str], None] = print) -> None:
+        super().__init__()
+        self.folder, self.cfg, self.state = folder, cfg, state
+        self.steps_per_epoch, self.evaluate, self.save_best = steps_per_epoch, evaluate, save_best
+        self.checkpoint_every, self.log = checkpoint_every, log
+        self._started = time.monotonic()
+        self._seconds_before = state.seconds
+
+    def elapsed(self) -> float:
+        return self._seconds_before + time.monotonic() - self._started
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = learning_rate(self.cfg, self.state.global_step + 1, self.state.lr_scale)
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.state.global_step += 1
+        self.state.step_in_epoch += 1
+        if self.checkpoint_every and self.state.global_step % self.checkpoint_every == 0:
+            self.checkpoint()
+        if self._out_of_time():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        complete = self.state.step_in_epoch >= self.steps_per_epoch
+        bleu = self.evaluate()
+        self.state.history.append({
+            "epoch": epoch + 1 if complete else round(epoch + self.state.step_in_epoch
+                                                      / self.steps_per_epoch, 2),
+            "step": self.state.global_step,
+            "loss": round(float(logs.get("loss", np.nan)), 4),
+            "dev_loss": round(float(logs.get("val_loss", np.nan)), 4),
+            "dev_bleu": round(bleu, 2),
+            "learning_rate": float(self.model.optimizer.learning_rate.numpy()),
+            "minutes": round(self.elapsed() / 60, 2),
+        })
+        self._track_best(bleu, epoch)
+        if complete:
+            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+        self.write_history()
+        if self.state.bad_evals >= self.cfg.patience:
+            self._stop(f"early stopping: no better dev BLEU for {self.cfg.patience} epochs")
+        elif self.state.epoch >= self.cfg.epochs:
+            self._stop(f"reached {self.cfg.epochs} epochs")
+        elif self._out_of_time():
+            self._stop(f"time budget of {self.cfg.max_minutes} minutes spent")
+        self.checkpoint(keep_epoch=epoch + 1 if self.cfg.average_last and complete else None)
+
+    def _track_best(self, bleu: float, epoch: int) -> None:
+        s = self.state
+        if bleu > s.best_bleu:
+            s.best_bleu, s.best_epoch, s.bad_evals, s.plateau_evals = bleu, epoch + 1, 0, 0
+            self.save_best()
+            self.log(f"epoch {epoch + 1}: dev BLEU {bleu:.2f} (best so far, saved)")
+            return
+        s.bad_evals += 1
+        s.plateau_evals += 1
+        self.log(f"epoch {epoch + 1}: dev BLEU {bleu:.2f} (best {s.best_bleu:.2f} "
+                 f"at epoch {s.best_epoch})")
+        if self.cfg.decay == "plateau" and s.plateau_evals >= self.cfg.plateau_patience:
+            s.lr_scale *= self.cfg.plateau_factor
+            s.plateau_evals = 0
+            self.log(f"learning rate scaled to {s.lr_scale:g} x base")
+
+    def _out_of_time(self) -> bool:
+        return bool(self.cfg.max_minutes) and self.elapsed() > 60 * self.cfg.max_minutes
+
+    def _stop(self, reason: str) -> None:
+        self.state.finished, self.state.stop_reason = True, reason
+        self.model.stop_training = True
+        self.log(reason)
+
+    def checkpoint(self, keep_epoch: int | None = None) -> None:
+        """Weights + optimizer, then the run state (the state names a complete checkpoint)."""
+        folder = self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / CHECKPOINT_FILE) as tmp:
+            self.model.save(tmp)
+        if keep_epoch is not None:
+            with atomic_path(folder / f"epoch-{keep_epoch}.weights.h5") as tmp:
+                self.model.save_weights(tmp)
+            stale = folder / f"epoch-{keep_epoch - self.cfg.average_last}.weights.h5"
+            stale.unlink(missing_ok=True)
+        self.state.seconds = self.elapsed()
+        self.state.save(folder)
+
+    def write_history(self) -> None:
+        rows = self.state.history
+        with atomic_open(self.folder.parent / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)

@@ -1,0 +1,227 @@
+"""Command-line front ends for train.py and translate.py (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+from collections.abc import Iterator, Sequence
+
+from translator.corpus import CorpusError
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# ---- train ------------------------------------------------------------------------------
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description="Train a translator into a "
+                                "model folder; run the same command again to resume.")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", choices=["tiny", "demo", "base"], help="a preset applied first")
+    p.add_argument("--corpus", help="registered corpus: multi30k, tatoeba-cmn-eng")
+    p.add_argument("--src", help="source language code (e.g. en)")
+    p.add_argument("--tgt", help="target language code (e.g. de)")
+    for name in ("train-src", "train-tgt", "dev-src", "dev-tgt", "train-tsv", "dev-tsv"):
+        p.add_argument(f"--{name}", metavar="FILE")
+    p.add_argument("--mirror", metavar="DIR", help="local mirror of corpus downloads "
+                   "(default: $TRANSLATOR_MIRROR)")
+    p.add_argument("--output", default="models/default", help="model folder (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set training.epochs=5 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    sets = []
+    for flag, key in (("corpus", "corpus"), ("src", "src"), ("tgt", "tgt"), ("mirror", "mirror")):
+        if getattr(args, flag):
+            sets.append(f"data.{key}={getattr(args, flag)}")
+    own = False
+    for flag in ("train_src", "train_tgt", "dev_src", "dev_tgt", "train_tsv", "dev_tsv"):
+        if getattr(args, flag):
+            own = True
+            sets.append(f"data.{flag}={getattr(args, flag)}")
+    if own and not args.corpus:
+        sets.append("data.corpus=null")
+    return sets
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    from translator import config as config_lib
+
+    try:
+        config = config_lib.load(args.config, args.preset, _data_overrides(args) + args.set)
+    except config_lib.ConfigError as err:
+        return _fail(str(err))
+    from translator.training import RunFolderError, train
+
+    try:
+        result = train(config, args.output, overwrite=args.overwrite,
+                       verbose=0 if args.quiet else "auto")
+    except (RunFolderError, CorpusError) as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return 130
+    print(f"model folder: {result.folder} (best dev BLEU {result.best_dev_bleu:.2f})")
+    return 0
+
+
+# ---- translate --------------------------------------------------------------------------
+
+def translate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="translate.py",
+        description="Translate text arguments, stdin (one sentence per line) or a file.")
+    p.add_argument("text", nargs="*", help="sentences to translate (none: read stdin)")
+    p.add_argument("--model", required=True, help="model folder written by train.py")
+    p.add_argument("--input", "-i", metavar="FILE", help="translate this file ...")
+    p.add_argument("--output", "-o", metavar="FILE", help="... into this file (atomically)")
+    p.add_argument("--beam", type=int, help="beam size (1 = greedy; default from the model)")
+    p.add_argument("--nbest", type=int, help="print the K best: index<TAB>score<TAB>text")
+    p.add_argument("--length-penalty", type=float, help="GNMT length penalty alpha")
+    p.add_argument("--max-len-ratio", type=float, help="max output length per source token")
+    p.add_argument("--batch-size", type=int, help="sentences per batch")
+    p.add_argument("--scores", action="store_true", help="print score<TAB>text")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line")
+    p.add_argument("--plot-attention", metavar="PNG", help="attention heatmap of the first "
+                   "sentence")
+    p.add_argument("--reference", metavar="FILE", help="score the output against this file "
+                   "(sacreBLEU BLEU and chrF with signatures, printed to stderr)")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8 in the input: stop (strict) or replace and go on")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _formatter(args: argparse.Namespace):
+    def fmt(index: int, result) -> str:
+        if args.json:
+            items = result if isinstance(result, list) else [result]
+            record = {"index": index, "translation": _text(items[0])}
+            if not isinstance(items[0], str):
+                record["score"] = items[0].score
+                if len(items) > 1:
+                    record["nbest"] = [{"translation": h.text, "score": h.score} for h in items]
+            return json.dumps(record, ensure_ascii=False)
+        if isinstance(result, list):
+            return "\n".join(f"{index}\t{h.score:.4f}\t{_text(h)}" for h in result)
+        if args.scores:
+            return f"{result.score:.4f}\t{_text(result)}"
+        return _text(result)
+    return fmt
+
+
+def _text(result) -> str:
+    return (result if isinstance(result, str) else result.text).replace("\n", " ")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"beam": args.beam, "nbest": args.nbest, "length_penalty": args.length_penalty,
+            "max_len_ratio": args.max_len_ratio, "batch_size": args.batch_size,
+            "return_scores": args.scores or args.json}
+
+
+def stdin_chunks(fd: int, max_lines: int, errors: str = "strict") -> Iterator[list[str]]:
+    """Lines from fd in chunks: a chunk ends at max_lines, or as soon as no more input is
+    waiting, so a person typing a line gets its translation back at once while a pipe
+    is translated in full batches."""
+    buffer, chunk, number = b"", [], 0
+    while True:
+        while b"\n" in buffer and len(chunk) < max_lines:
+            line, buffer = buffer.split(b"\n", 1)
+            number += 1
+            chunk.append(_decode(line, number, errors))
+        if chunk and (len(chunk) >= max_lines or not select.select([fd], [], [], 0)[0]):
+            yield chunk
+            chunk = []
+            continue
+        data = os.read(fd, 1 << 16)
+        if not data:
+            if buffer:
+                chunk.append(_decode(buffer, number + 1, errors))
+            if chunk:
+                yield chunk
+            return
+        buffer += data
+
+
+def _decode(raw: bytes, number: int, errors: str) -> str:
+    try:
+        return raw.decode("utf-8", errors=errors).rstrip("\r")
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"<stdin>, line {number}: invalid UTF-8 at byte {err.start}") from None
+
+
+def translate_main(argv: Sequence[str] | None = None) -> int:
+    args = translate_parser().parse_args(argv)
+    if bool(args.input) != bool(args.output):
+        return _fail("--input and --output go together")
+    if args.text and args.input:
+        return _fail("give sentences as arguments or --input FILE, not both")
+    from translator.model_folder import ModelFolderError
+    from translator.translator import Translator
+
+    try:
+        translator = Translator.load(args.model)
+        return _translate(translator, args)
+    except (ModelFolderError, CorpusError, ValueError) as err:
+        return _fail(str(err))
+    except BrokenPipeError:
+        return 0
+
+
+def _translate(translator, args: argparse.Namespace) -> int:
+    fmt, options = _formatter(args), _options(args)
+    outputs: list[str] = []
+    if args.input:
+        translator.translate_file(args.input, args.output, errors=args.errors,
+                                  progress=not args.quiet, formatter=fmt, **options)
+        print(f"translated {args.input} -> {args.output}", file=sys.stderr)
+    else:
+        chunks = [args.text] if args.text else stdin_chunks(
+            sys.stdin.fileno(), translator.stream_chunk(options), args.errors)
+        index = 0
+        for chunk in chunks:
+            for result in translator.translate(chunk, **options):
+                line = fmt(index, result)
+                print(line, flush=False)
+                outputs.append(_text(result if not isinstance(result, list) else result[0]))
+                index += 1
+            sys.stdout.flush()
+    if args.plot_attention:
+        _plot(translator, args, options)
+    if args.reference:
+        _score(translator, args, outputs)
+    return 0
+
+
+def _plot(translator, args, options) -> None:
+    from translator.corpus import read_lines
+    from translator.plot import plot_attention
+
+    first = args.text[0] if args.text else next(iter(read_lines(args.input)), "")
+    hyp = translator.translate(first, **{**options, "nbest": 1, "return_attention": True})
+    plot_attention(hyp, args.plot_attention)
+    print(f"attention plot: {args.plot_attention}", file=sys.stderr)
+
+
+def _score(translator, args, outputs: list[str]) -> None:
+    from translator.corpus import read_lines
+    from translator.metrics import bleu, chrf
+
+    if args.input:
+        outputs = list(read_lines(args.output)) if not (args.nbest or args.json or args.scores) \
+            else outputs
+    references = list(read_lines(args.reference))
+    language = translator.config.data.tgt
+    print(bleu(outputs, references, language), file=sys.stderr)
+    print(chrf(outputs, references), file=sys.stderr)

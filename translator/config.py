@@ -1,0 +1,252 @@
+"""Typed, validated settings: data, tokenizer, model, training and decoding.
+
+A config is a YAML mapping with the sections below; anything not given keeps its
+default. Unknown keys and impossible values are refused with a ConfigError that
+names the key. Presets (`tiny`, `demo`, `base`) are partial configs applied first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is impossible."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str | None = "multi30k"  # a registered corpus, or None for your own files
+    src: str = "en"
+    tgt: str = "de"
+    train_src: str | None = None
+    train_tgt: str | None = None
+    dev_src: str | None = None
+    dev_tgt: str | None = None
+    train_tsv: str | None = None
+    dev_tsv: str | None = None
+    mirror: str | None = None
+    train_limit: int | None = None  # use only the first N training pairs
+    dev_limit: int | None = None  # use only the first N dev pairs (for quick runs)
+    max_chars: int = 1000  # training pairs longer than this (either side) are dropped
+    max_ratio: float = 9.0  # ... and pairs whose character lengths differ more than this
+    max_tokens: int = 100  # ... and pairs longer than this many subwords (either side)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    model_type: str = "unigram"
+    joint: bool = True
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = 256
+    encoder_units: int = 256  # per direction in the bidirectional first layer
+    encoder_layers: int = 1
+    decoder_units: int = 512
+    decoder_layers: int = 1
+    attention: str = "general"  # dot | general | additive
+    input_feeding: bool = False
+    dropout: float = 0.3
+    tie_embeddings: bool = True  # target embedding doubles as the output projection
+    share_embeddings: bool = True  # one embedding for source and target (joint vocabulary only)
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = 64  # sentences per batch
+    epochs: int = 30
+    max_minutes: float | None = None  # stop (keeping the best checkpoint) after this long
+    learning_rate: float = 0.002
+    warmup_steps: int = 200
+    decay: str = "plateau"  # plateau | inverse_sqrt | constant
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    clipnorm: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 1234
+    patience: int = 4  # early stopping: evaluations without a better dev BLEU
+    eval_beam: int = 1  # search used for dev BLEU during training (1 = greedy)
+    average_last: int = 0  # average the weights of the last K epochs' checkpoints (0 = off)
+    bucket_width: int = 5  # bucket boundaries every this many tokens
+    # auto: mixed_bfloat16 where the CPU has bfloat16 instructions (about 2x faster), else
+    # float32. The choice is stored with the model and used to translate too.
+    precision: str = "auto"
+
+
+@dataclass
+class DecodingConfig:
+    beam: int = 5
+    length_penalty: float = 0.6
+    nbest: int = 1
+    max_len_ratio: float = 1.5  # maximum output length = ratio * source length + offset
+    max_len_offset: int = 10
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests
+    "tiny": {
+        "data": {"train_limit": 2000, "dev_limit": 100, "max_tokens": 64},
+        "tokenizer": {"vocab_size": 600},
+        "model": {"embedding_dim": 32, "encoder_units": 32, "decoder_units": 64, "dropout": 0.1},
+        "training": {"batch_size": 32, "epochs": 2, "warmup_steps": 10, "learning_rate": 0.005},
+        "decoding": {"beam": 2, "max_len_offset": 5},
+    },
+    # the default of `make demo`: translates recognisably in about ten minutes on 2 cores
+    "demo": {
+        "tokenizer": {"vocab_size": 4000},
+        "model": {"embedding_dim": 128, "encoder_units": 128, "decoder_units": 256, "dropout": 0.2},
+        "training": {"batch_size": 64, "epochs": 10, "max_minutes": 8},
+        "data": {"dev_limit": 300},
+    },
+    # the best quality reachable in an hour on 2 cores
+    "base": {
+        "tokenizer": {"vocab_size": 8000},
+        "model": {"embedding_dim": 256, "encoder_units": 256, "decoder_units": 512, "dropout": 0.3},
+        "training": {"batch_size": 64, "epochs": 40, "max_minutes": 55},
+    },
+}
+
+_CHOICES = {
+    "model.attention": ("dot", "general", "additive"),
+    "tokenizer.model_type": ("unigram", "bpe"),
+    "training.decay": ("plateau", "inverse_sqrt", "constant"),
+    "training.precision": ("auto", "float32", "mixed_bfloat16"),
+}
+_POSITIVE = {
+    "tokenizer.vocab_size", "model.embedding_dim", "model.encoder_units", "model.encoder_layers",
+    "model.decoder_units", "model.decoder_layers", "training.batch_size", "training.epochs",
+    "training.learning_rate", "training.bucket_width", "training.eval_beam", "decoding.beam",
+    "decoding.nbest", "decoding.batch_size", "decoding.max_len_ratio", "data.max_chars",
+    "data.max_ratio", "data.max_tokens",
+}
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
+    """Returns `base` (default: all defaults) updated with `raw`, validated."""
+    config = base or Config()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, not {type(raw).__name__}")
+    for section, values in raw.items():
+        if section not in {f.name for f in dataclasses.fields(Config)}:
+            raise ConfigError(f"unknown config section {section!r}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        for key, value in values.items():
+            set_value(config, f"{section}.{key}", value)
+    validate(config)
+    return config
+
+
+def set_value(config: Config, dotted: str, value: Any) -> None:
+    """Sets `section.key` to value, converting to the field's type or refusing."""
+    section, _, key = dotted.partition(".")
+    target = getattr(config, section, None) if section in config.__dataclass_fields__ else None
+    if target is None or key not in target.__dataclass_fields__:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    kind = target.__dataclass_fields__[key].type
+    setattr(target, key, _convert(dotted, value, kind))
+
+
+def _convert(dotted: str, value: Any, kind: str) -> Any:
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{dotted} cannot be empty")
+    base = kind.replace(" | None", "")
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    raise ConfigError(f"{dotted} must be {base}{' or null' if optional else ''}, not {value!r}")
+
+
+def validate(config: Config) -> None:
+    flat = {f"{s}.{k}": v for s, d in config.to_dict().items() for k, v in d.items()}
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {flat[key]!r}")
+    for key in _POSITIVE:
+        if flat[key] is not None and flat[key] <= 0:
+            raise ConfigError(f"{key} must be positive, not {flat[key]!r}")
+    checks = [
+        ("model.dropout", 0 <= flat["model.dropout"] < 1, "must be in [0, 1)"),
+        ("training.label_smoothing", 0 <= flat["training.label_smoothing"] < 1, "must be in [0, 1)"),
+        ("decoding.length_penalty", flat["decoding.length_penalty"] >= 0, "must be >= 0"),
+        ("decoding.nbest", flat["decoding.nbest"] <= flat["decoding.beam"], "must be <= beam"),
+        ("tokenizer.vocab_size", flat["tokenizer.vocab_size"] >= 300,
+         "must be >= 300 (256 byte pieces + specials + characters)"),
+        ("training.max_minutes", (flat["training.max_minutes"] or 1) > 0, "must be positive"),
+        ("training.average_last", flat["training.average_last"] >= 0, "must be >= 0"),
+        ("training.warmup_steps", flat["training.warmup_steps"] >= 0, "must be >= 0"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{key} {message}, not {flat[key]!r}")
+    _validate_data(config.data)
+
+
+def _validate_data(data: DataConfig) -> None:
+    own = [data.train_src, data.train_tgt, data.train_tsv]
+    if data.corpus is None and not any(own):
+        raise ConfigError("data: give data.corpus, or data.train_src + data.train_tgt, "
+                          "or data.train_tsv")
+    if bool(data.train_src) != bool(data.train_tgt):
+        raise ConfigError("data.train_src and data.train_tgt must be given together")
+    if bool(data.dev_src) != bool(data.dev_tgt):
+        raise ConfigError("data.dev_src and data.dev_tgt must be given together")
+
+
+def load(
+    path: Path | str | None = None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Preset, then the YAML file, then `key=value` overrides (values parsed as YAML)."""
+    config = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        config = from_dict(PRESETS[preset], config)
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config ({err})") from None
+        config = from_dict(raw, config)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        set_value(config, key.strip(), yaml.safe_load(text))
+    validate(config)
+    return config
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)

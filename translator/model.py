@@ -1,0 +1,207 @@
+"""The sequence-to-sequence model: BiLSTM encoder, LSTM decoder, Luong-style attention.
+
+Training runs whole target sequences through fused Keras LSTM layers and scores
+attention for every target position at once (attention after the decoder LSTM).
+With `input_feeding=True` the previous attentional vector is fed into the next
+step, which forces a step-by-step loop (`ops.scan`) in training as well.
+
+For search the model exposes `encode()` and `decode_step()`; `decode_step` uses
+the very weights of the fused layers (their cells), so teacher-forced logits and
+step-by-step logits agree.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from translator.layers import Attention, Bridge, Encoder
+from translator.tokenizer import PAD_ID
+
+STATIC_KEYS = ("memory", "keys", "mask")  # decoder state that never changes during search
+
+
+@keras.saving.register_keras_serializable(package="translator")
+class Seq2Seq(keras.Model):
+    """Input: {"source": int [batch, src_len], "target_in": int [batch, tgt_len]}.
+
+    Output: logits [batch, tgt_len, tgt_vocab] for the next target token at every position.
+    """
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        embedding_dim: int = 256,
+        encoder_units: int = 256,
+        encoder_layers: int = 1,
+        decoder_units: int = 512,
+        decoder_layers: int = 1,
+        attention: str = "general",
+        input_feeding: bool = False,
+        dropout: float = 0.3,
+        tie_embeddings: bool = True,
+        share_embeddings: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError("share_embeddings needs one joint vocabulary "
+                             f"(source {src_vocab_size}, target {tgt_vocab_size})")
+        self.settings = dict(
+            src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+            embedding_dim=embedding_dim, encoder_units=encoder_units,
+            encoder_layers=encoder_layers, decoder_units=decoder_units,
+            decoder_layers=decoder_layers, attention=attention, input_feeding=input_feeding,
+            dropout=dropout, tie_embeddings=tie_embeddings, share_embeddings=share_embeddings,
+        )
+        self.input_feeding, self.tie_embeddings = input_feeding, tie_embeddings
+        dtype = self.dtype_policy  # sublayers share it: float32, or mixed_bfloat16 (see training)
+        self.tgt_embedding = layers.Embedding(tgt_vocab_size, embedding_dim, name="tgt_embedding",
+                                              dtype=dtype)
+        self.src_embedding = (
+            self.tgt_embedding if share_embeddings else
+            layers.Embedding(src_vocab_size, embedding_dim, name="src_embedding", dtype=dtype))
+        self.encoder = Encoder(encoder_units, encoder_layers, dropout, name="encoder", dtype=dtype)
+        self.bridge = Bridge(decoder_units, decoder_layers, name="bridge", dtype=dtype)
+        self.decoder_lstms = [
+            layers.LSTM(decoder_units, return_sequences=True, name=f"decoder_lstm_{i}", dtype=dtype)
+            for i in range(decoder_layers)
+        ]
+        self.attention = Attention(attention, decoder_units, 2 * encoder_units, name="attention",
+                                   dtype=dtype)
+        attentional_dim = embedding_dim if tie_embeddings else decoder_units
+        self.attentional = layers.Dense(attentional_dim, activation="tanh", name="attentional",
+                                        dtype=dtype)
+        self.dropout = layers.Dropout(dropout, dtype=dtype)
+        if not tie_embeddings:
+            self.output_proj = layers.Dense(tgt_vocab_size, name="output_proj", dtype=dtype)
+        else:
+            self.output_bias = self.add_weight(
+                shape=(tgt_vocab_size,), initializer="zeros", name="output_bias")
+
+    # ---- training graph -------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        source, target_in = inputs["source"], inputs["target_in"]
+        memory, mask, state = self.encode(source, training=training)
+        embedded = self.dropout(self.tgt_embedding(target_in), training=training)
+        if self.input_feeding:
+            attentional = self._feed_loop(embedded, state, training)
+        else:
+            hidden = embedded
+            for lstm, (h, c) in zip(self.decoder_lstms, state["lstm"]):
+                hidden = lstm(hidden, initial_state=[h, c], training=training)
+                hidden = self.dropout(hidden, training=training)
+            attentional, _ = self._attend(hidden, state)
+        return self.logits(self.dropout(attentional, training=training))
+
+    def _feed_loop(self, embedded, state, training):
+        """Input feeding over time: embedded [batch, tgt_len, emb] -> [batch, tgt_len, att].
+
+        tf.scan rather than keras.ops.scan: the latter mis-infers its outputs' structure
+        when the carry holds several tensors (Keras 3.15, TensorFlow backend).
+        """
+        init = {k: state[k] for k in ("lstm", "feed")}
+
+        def step(carry, x):
+            _, new_state, _ = self._step(x, {**state, **carry}, training)
+            return {k: new_state[k] for k in init}
+
+        carries = tf.scan(step, ops.transpose(embedded, (1, 0, 2)), initializer=init)
+        return ops.transpose(carries["feed"], (1, 0, 2))
+
+    def logits(self, attentional):
+        """attentional [..., att] -> float32 logits [..., tgt_vocab] (float32 even when the
+        model computes in bfloat16, so that softmax and loss keep full precision)."""
+        if not self.tie_embeddings:
+            return ops.cast(self.output_proj(attentional), "float32")
+        embeddings = ops.cast(self.tgt_embedding.embeddings, self.compute_dtype)
+        logits = ops.matmul(attentional, ops.transpose(embeddings))
+        return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
+
+    def _attend(self, hidden, state):
+        """hidden [batch, T, dec] -> attentional [batch, T, att], weights [batch, T, src_len]."""
+        context, weights = self.attention(hidden, state["keys"], state["memory"], state["mask"])
+        return self.attentional(ops.concatenate([context, hidden], -1)), weights
+
+    # ---- search interface -----------------------------------------------------------
+
+    def encode(self, source, training=None):
+        """source int [batch, src_len] -> memory [batch, src_len, 2*enc], mask bool
+        [batch, src_len], and the initial decoder state (a dict; see decode_step)."""
+        mask = ops.not_equal(source, PAD_ID)
+        embedded = self.dropout(self.src_embedding(source), training=training)
+        memory, h, c = self.encoder(embedded, mask=mask, training=training)
+        state = {
+            "lstm": self.bridge(h, c),
+            "memory": memory,
+            "keys": self.attention.keys(memory),
+            "mask": mask,
+        }
+        if self.input_feeding:
+            state["feed"] = ops.zeros((ops.shape(source)[0], self.attentional.units),
+                                      self.compute_dtype)
+        return memory, mask, state
+
+    def decode_step(self, tokens, state):
+        """One decoder step. tokens int [batch]; state from `encode` or a previous step:
+        lstm: list of (h, c) [batch, dec] per layer; memory [batch, src_len, 2*enc];
+        keys [batch, src_len, k]; mask [batch, src_len]; feed [batch, att] with input feeding.
+
+        Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
+        """
+        attentional, state, weights = self._step(self.tgt_embedding(tokens), state, False)
+        return self.logits(attentional), state, weights
+
+    def _step(self, embedded, state, training):
+        """embedded [batch, emb] -> attentional [batch, att], new state, weights [batch, src]."""
+        x = embedded
+        if self.input_feeding:
+            x = ops.concatenate([x, state["feed"]], -1)
+        new_lstm = []
+        for lstm, (h, c) in zip(self.decoder_lstms, state["lstm"]):
+            x, (h, c) = lstm.cell(x, [h, c], training=training)
+            new_lstm.append((h, c))
+            x = self.dropout(x, training=training)
+        attentional, weights = self._attend(ops.expand_dims(x, 1), state)
+        attentional = ops.squeeze(attentional, 1)
+        new_state = {**state, "lstm": new_lstm}
+        if self.input_feeding:
+            new_state["feed"] = attentional
+        return attentional, new_state, ops.squeeze(weights, 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.settings}
+
+    def build(self, input_shape=None):
+        """Creates every weight by running a one-token batch through the model."""
+        if self.built:
+            return
+        self.call({"source": ops.ones((1, 2), "int32"), "target_in": ops.ones((1, 2), "int32")})
+        self.built = True
+
+
+@keras.saving.register_keras_serializable(package="translator")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Token-level cross-entropy with label smoothing, averaged over non-pad target tokens.
+
+    y_true int [batch, tgt_len] (PAD_ID where padded), y_pred logits [batch, tgt_len, vocab].
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_cross_entropy",
+                 **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        y_true = ops.cast(y_true, "int32")
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), -1), -1)
+        loss = (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, -1)
+        mask = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
+        return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -1,0 +1,94 @@
+"""The model folder: everything needed to translate, independent of where it was trained.
+
+models/NAME/
+  config.yaml        the full config (data, tokenizer, model, training, decoding)
+  spm.model          the SentencePiece model (or spm.src.model + spm.tgt.model)
+  model.keras        the best weights (Keras 3 format, no optimizer state)
+  history.csv        one row per epoch: loss, dev loss, dev BLEU, learning rate, time
+  scores.json        dev (and test) scores with sacreBLEU signatures
+  run.json           the run card: data files and checksums, versions, seed, wall time, machine
+  checkpoint/        the latest training state, for resuming (not needed to translate)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import yaml
+
+from translator import config as config_lib
+from translator.model import Seq2Seq
+from translator.tokenizer import Tokenizer, TokenizerError
+
+CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.keras"
+HISTORY_FILE, SCORES_FILE, RUN_FILE = "history.csv", "scores.json", "run.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing, incomplete or corrupt; the message names the file."""
+
+
+def read_config(folder: Path | str) -> config_lib.Config:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise ModelFolderError(f"{path} is missing: {folder} is not a model folder")
+    try:
+        return config_lib.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, config_lib.ConfigError) as err:
+        raise ModelFolderError(f"{path} is corrupt: {err}") from None
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> mixed_bfloat16 on CPUs with AVX-512 BF16 or AMX (x86 Linux), else float32."""
+    if precision != "auto":
+        return precision
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:
+    """A fresh model whose sizes come from the config and the tokenizer."""
+    m = config.model
+    return Seq2Seq(
+        tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, embedding_dim=m.embedding_dim,
+        encoder_units=m.encoder_units, encoder_layers=m.encoder_layers,
+        decoder_units=m.decoder_units, decoder_layers=m.decoder_layers, attention=m.attention,
+        input_feeding=m.input_feeding, dropout=m.dropout, tie_embeddings=m.tie_embeddings,
+        share_embeddings=m.share_embeddings and tokenizer.joint,
+        dtype=resolve_precision(config.training.precision),
+    )
+
+
+def load_weights(path: Path) -> Seq2Seq:
+    if not path.exists():
+        raise ModelFolderError(f"{path} is missing: the folder has no trained weights")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        raise ModelFolderError(f"{path} is corrupt or not a translator model: {err}") from None
+    if not isinstance(model, Seq2Seq):
+        raise ModelFolderError(f"{path} holds a {type(model).__name__}, not a translator model")
+    return model
+
+
+def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_lib.Config]:
+    """Loads what Translator needs; errors name the missing or bad file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: no such model folder")
+    config = read_config(folder)
+    try:
+        tokenizer = Tokenizer.load(folder)
+    except TokenizerError as err:
+        raise ModelFolderError(str(err)) from None
+    model = load_weights(folder / WEIGHTS_FILE)
+    if model.settings["tgt_vocab_size"] != tokenizer.tgt_vocab_size:
+        raise ModelFolderError(
+            f"{folder / WEIGHTS_FILE} has a target vocabulary of "
+            f"{model.settings['tgt_vocab_size']} but the tokenizer has {tokenizer.tgt_vocab_size}")
+    return model, tokenizer, config

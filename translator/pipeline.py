@@ -1,0 +1,123 @@
+"""Training input: encode once, bucket by length, pad, shift targets, feed through tf.data.
+
+Batches are planned in NumPy from a seed and the epoch number, so the batch at any
+(epoch, step) is known in advance: a resumed run continues from the exact batch where
+it stopped, which tf.data's own shuffle buffers cannot promise. tf.data then pads
+nothing on the hot path (arrays are padded once per batch here) and prefetches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+
+@dataclass
+class EncodedPairs:
+    """Token ids of parallel sentences; source ends with EOS, target has neither BOS nor EOS."""
+
+    source: list[np.ndarray]
+    target: list[np.ndarray]
+    dropped_too_long: int = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def target_tokens(self) -> int:
+        """Target tokens the loss sees per epoch (EOS included)."""
+        return sum(len(t) + 1 for t in self.target)
+
+
+def encode_pairs(
+    tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int | None = None
+) -> EncodedPairs:
+    """Encodes once; with max_tokens, pairs with a longer side are dropped and counted."""
+    src = tokenizer.encode([s for s, _ in pairs], side="src")
+    tgt = tokenizer.encode([t for _, t in pairs], side="tgt")
+    keep = [
+        i for i in range(len(src))
+        if max_tokens is None or (len(src[i]) + 1 <= max_tokens and len(tgt[i]) + 1 <= max_tokens)
+    ]
+    return EncodedPairs(
+        source=[np.asarray(src[i] + [EOS_ID], np.int32) for i in keep],
+        target=[np.asarray(tgt[i], np.int32) for i in keep],
+        dropped_too_long=len(src) - len(keep),
+    )
+
+
+def encode_sources(tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """Source ids as the model expects them (EOS appended)."""
+    return [np.asarray(ids + [EOS_ID], np.int32) for ids in tokenizer.encode(texts, side="src")]
+
+
+def pad(sequences: Sequence[np.ndarray], prefix: int | None = None, suffix: int | None = None
+        ) -> np.ndarray:
+    """Right-pads id arrays with PAD_ID into int32 [len(sequences), longest (+1 per affix)]."""
+    extra = (prefix is not None) + (suffix is not None)
+    out = np.full((len(sequences), max(len(s) for s in sequences) + extra), PAD_ID, np.int32)
+    for row, seq in enumerate(sequences):
+        start = int(prefix is not None)
+        if prefix is not None:
+            out[row, 0] = prefix
+        out[row, start:start + len(seq)] = seq
+        if suffix is not None:
+            out[row, start + len(seq)] = suffix
+    return out
+
+
+def plan_batches(
+    lengths: np.ndarray, batch_size: int, bucket_width: int, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """Index arrays of one epoch's batches: shuffled, grouped by length bucket, batch order shuffled.
+
+    Deterministic in (seed, epoch). Every example appears exactly once.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(lengths[order] // bucket_width, kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def make_batch(data: EncodedPairs, indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Teacher forcing: ({source [b, S], target_in [b, T]}, target_out [b, T]); BOS y / y EOS."""
+    targets = [data.target[i] for i in indices]
+    return (
+        {"source": pad([data.source[i] for i in indices]), "target_in": pad(targets, prefix=BOS_ID)},
+        pad(targets, suffix=EOS_ID),
+    )
+
+
+class TrainingBatches:
+    """The batches of every epoch, planned ahead so a run can resume at any step."""
+
+    def __init__(self, data: EncodedPairs, batch_size: int, bucket_width: int, seed: int) -> None:
+        if len(data) == 0:
+            raise ValueError("no training pairs left after cleaning and length filtering")
+        self.data, self.batch_size, self.bucket_width, self.seed = data, batch_size, bucket_width, seed
+        self.lengths = np.array([max(len(s), len(t) + 1) for s, t in zip(data.source, data.target)])
+        self.steps_per_epoch = -(-len(data) // batch_size)
+
+    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        return plan_batches(self.lengths, self.batch_size, self.bucket_width, self.seed, epoch)
+
+    def _generate(self, first_epoch: int, skip: int) -> Iterator:
+        epoch = first_epoch
+        while True:
+            for indices in self.epoch_plan(epoch)[skip:]:
+                yield make_batch(self.data, indices)
+            epoch, skip = epoch + 1, 0
+
+    def dataset(self, first_epoch: int = 0, skip: int = 0) -> tf.data.Dataset:
+        """Endless batches from (first_epoch, step skip) onwards, prefetched."""
+        ids = tf.TensorSpec([None, None], tf.int32)
+        spec = ({"source": ids, "target_in": ids}, ids)
+        return tf.data.Dataset.from_generator(
+            lambda: self._generate(first_epoch, skip), output_signature=spec
+        ).prefetch(tf.data.AUTOTUNE)

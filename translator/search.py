@@ -1,0 +1,365 @@
+"""Greedy and beam search over a step function; knows nothing about the model.
+
+``step_fn(tokens [N], state) -> (logits [N, vocab], new_state)``, or with a third
+output ``attention [N, src_len]`` when ``return_attention=True``. Every state leaf
+has leading dimension N. Both searches run the whole batch in one ``tf.while_loop``,
+eagerly or inside a ``tf.function``.
+
+* ``max_lengths`` int32 [batch] (each >= 1) bounds the tokens a sentence may produce,
+  EOS not counted. A hypothesis that has produced that many tokens is finished
+  without an EOS ("forced end") and no EOS log-prob is added to its score.
+* A score is a sum of log-probs, EOS included when produced. Beam search divides it
+  by the GNMT penalty ``((5 + length) / 6) ** alpha``, length = decoding steps
+  taken (tokens, plus one when the hypothesis ended with EOS).
+* Attention rows are kept for real tokens only: the row of the step that produced
+  EOS is dropped and rows after the end are zero.
+
+Beam search stores back-pointers (parent row and token per step) rather than copying
+each hypothesis every step, and rebuilds the n-best once at the end. Tensors that
+``step_fn`` captures (e.g. encoder memory) are tiled once by the caller with
+``tile_beams``; only the state leaves are reordered with ``tf.gather`` each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+
+State = Any  # nested dict / tuple / list of tensors, each with leading dimension N
+StepFn = Callable[[tf.Tensor, State], tuple]
+
+_NEG_INF = float("-inf")
+_CEIL_TOLERANCE = 1e-6  # ratio * length + offset computed as 11.000000000000002 must give 11
+
+
+class SearchResult(NamedTuple):
+    """Search output, n-best sorted best first; nbest is 1 for greedy search."""
+
+    tokens: tf.Tensor  # int32 [batch, nbest, time], PAD_ID after the end; no BOS, no EOS
+    lengths: tf.Tensor  # int32 [batch, nbest], number of real tokens (EOS not counted)
+    scores: tf.Tensor  # float32 [batch, nbest]; beam: log-prob / length penalty
+    attention: tf.Tensor | None  # float32 [batch, nbest, time, src_len] when asked
+
+
+class _Finished(NamedTuple):
+    """Best finished hypotheses per sentence, each field [batch, nbest], best first."""
+
+    scores: tf.Tensor  # float32, -inf where the slot is empty
+    steps: tf.Tensor  # int32, step that chose the last token, -1 where empty
+    rows: tf.Tensor  # int32, row in [0, batch * beam) that chose it at that step
+    last: tf.Tensor  # int32, the last token chosen: EOS, or a real token at a forced end
+
+
+def tile_beams(x: tf.Tensor, beam_size: int) -> tf.Tensor:
+    """[batch, ...] -> [batch * beam_size, ...]; row b * beam_size + j is sentence b."""
+    return tf.repeat(x, beam_size, axis=0)
+
+
+def max_output_lengths(source_lengths: tf.Tensor, ratio: float, offset: int) -> tf.Tensor:
+    """int32 [batch]: ceil(ratio * source_length + offset), at least 1."""
+    lengths = tf.cast(source_lengths, tf.float64)
+    raw = tf.math.ceil(ratio * lengths + offset - _CEIL_TOLERANCE)
+    return tf.maximum(tf.cast(raw, tf.int32), 1)
+
+
+def _length_penalty(length: tf.Tensor | int, alpha: float) -> tf.Tensor:
+    """GNMT penalty ((5 + length) / 6) ** alpha, float32, same shape as ``length``."""
+    length = tf.cast(length, tf.float32)
+    if alpha == 0:
+        return tf.ones_like(length)
+    return tf.pow((5.0 + length) / 6.0, alpha)
+
+
+def _as_max_lengths(max_lengths: tf.Tensor) -> tf.Tensor:
+    """Validated int32 [batch]; raises InvalidArgumentError when a length is < 1."""
+    max_lengths = tf.cast(max_lengths, tf.int32)
+    check = tf.debugging.assert_positive(max_lengths, message="max_lengths must all be >= 1")
+    with tf.control_dependencies([check]):
+        return tf.identity(max_lengths)
+
+
+def _call_step(
+    step_fn: StepFn, tokens: tf.Tensor, state: State, return_attention: bool
+) -> tuple[tf.Tensor, State, tf.Tensor | None]:
+    """Returns log-probs [N, vocab], new state, attention [N, src_len] or None."""
+    outputs = step_fn(tokens, state)
+    expected = 3 if return_attention else 2
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != expected:
+        got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
+        raise ValueError(
+            f"step_fn must return {expected} values when return_attention={return_attention}"
+            f" (logits, state{', attention' if return_attention else ''}), got {got}"
+        )
+    # Keep static shapes so tf.while_loop sees the same loop-variable shapes every step.
+    new_state = tf.nest.map_structure(
+        lambda new, old: tf.ensure_shape(new, old.shape), outputs[1], state
+    )
+    log_probs = tf.nn.log_softmax(tf.cast(outputs[0], tf.float32), axis=-1)
+    attention = tf.cast(outputs[2], tf.float32) if return_attention else None
+    return log_probs, new_state, attention
+
+
+def _array(dtype: tf.DType) -> tf.TensorArray:
+    """Empty growable TensorArray, one element written per step."""
+    return tf.TensorArray(dtype, size=0, dynamic_size=True)
+
+
+def _time_to_batch(x: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+    """[time, M, ...] -> [M, keep, ...]: batch-major, cut to the first keep steps."""
+    perm = tf.concat([[1, 0], tf.range(2, tf.rank(x))], axis=0)
+    return tf.transpose(x, perm)[:, :keep]
+
+
+def greedy_search(
+    step_fn: StepFn,
+    initial_state: State,
+    max_lengths: tf.Tensor,
+    *,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    return_attention: bool = False,
+) -> SearchResult:
+    """Takes the most likely token each step; returns a SearchResult with nbest = 1.
+
+    initial_state leaves are [batch, ...]; max_lengths int32 [batch].
+    Scores are sums of log-probs (EOS included when produced).
+    """
+    max_lengths = _as_max_lengths(max_lengths)
+    batch = tf.shape(max_lengths)[0]
+
+    def cond(t, prev, state, finished, lengths, scores, out, att) -> tf.Tensor:
+        return tf.logical_not(tf.reduce_all(finished))
+
+    def body(t, prev, state, finished, lengths, scores, out, att) -> tuple:
+        log_probs, state, attention = _call_step(step_fn, prev, state, return_attention)
+        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        emit = tf.logical_not(finished) & (best != eos_id)
+        scores += tf.where(finished, 0.0, tf.gather(log_probs, best, batch_dims=1))
+        lengths += tf.cast(emit, tf.int32)
+        finished = finished | (best == eos_id) | (lengths >= max_lengths)
+        token = tf.where(emit, best, PAD_ID)
+        if return_attention:
+            att = att.write(t, tf.where(emit[:, None], attention, 0.0))
+        return t + 1, token, state, finished, lengths, scores, out.write(t, token), att
+
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch], bos_id),
+        initial_state,
+        tf.zeros([batch], tf.bool),
+        tf.zeros([batch], tf.int32),
+        tf.zeros([batch]),
+        _array(tf.int32),
+        _array(tf.float32),
+    )
+    _, _, _, _, lengths, scores, out, att = tf.while_loop(cond, body, loop_vars)
+    keep = tf.reduce_max(lengths)
+    return SearchResult(
+        tokens=_time_to_batch(out.stack(), keep)[:, None],
+        lengths=lengths[:, None],
+        scores=scores[:, None],
+        attention=_time_to_batch(att.stack(), keep)[:, None] if return_attention else None,
+    )
+
+
+def _top_candidates(total: tf.Tensor, beam_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """total [batch, beam, vocab] -> log-probs, parent rows, tokens, each [batch, C], best first.
+
+    C = min(2 * beam, beam * vocab): enough that beam of them are not EOS.
+    Parent rows index [0, batch * beam).
+    """
+    batch, vocab = tf.shape(total)[0], tf.shape(total)[2]
+    count = tf.minimum(2 * beam_size, beam_size * vocab)
+    log_probs, index = tf.math.top_k(tf.reshape(total, [batch, -1]), k=count)
+    rows = index // vocab + beam_size * tf.range(batch)[:, None]
+    return log_probs, rows, index % vocab
+
+
+def _add_finished(
+    finished: _Finished,
+    cand: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+    ends: tf.Tensor,
+    step: tf.Tensor,
+    penalty: tf.Tensor,
+    done: tf.Tensor,
+) -> _Finished:
+    """Merges candidates [batch, C] flagged by ends [batch, C] into the kept n-best.
+
+    Sentences marked done [batch] keep their n-best unchanged.
+    """
+    log_probs, rows, tokens = cand
+    new_scores = tf.where(ends, log_probs / penalty, _NEG_INF)
+    merged = _Finished(
+        tf.concat([finished.scores, new_scores], axis=1),
+        tf.concat([finished.steps, tf.fill(tf.shape(rows), step)], axis=1),
+        tf.concat([finished.rows, rows], axis=1),
+        tf.concat([finished.last, tokens], axis=1),
+    )
+    best, index = tf.math.top_k(merged.scores, k=finished.scores.shape[1])
+    picked = _Finished(best, *(tf.gather(x, index, batch_dims=1) for x in merged[1:]))
+    return tf.nest.map_structure(
+        lambda old, new: tf.where(done[:, None], old, new), finished, picked
+    )
+
+
+def _next_alive(
+    cand: tuple[tf.Tensor, tf.Tensor, tf.Tensor], ends: tf.Tensor, beam_size: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Best beam_size unfinished candidates: log-probs [batch, beam], rows and tokens [N]."""
+    log_probs, rows, tokens = cand
+    alive, index = tf.math.top_k(tf.where(ends, _NEG_INF, log_probs), k=beam_size)
+    rows = tf.reshape(tf.gather(rows, index, batch_dims=1), [-1])
+    tokens = tf.reshape(tf.gather(tokens, index, batch_dims=1), [-1])
+    return alive, rows, tokens
+
+
+def _sentences_done(
+    alive: tf.Tensor,
+    worst_kept: tf.Tensor,
+    step: tf.Tensor,
+    max_lengths: tf.Tensor,
+    penalties: tuple[tf.Tensor, tf.Tensor],
+) -> tf.Tensor:
+    """bool [batch]: max length reached, or no alive hypothesis can enter the n-best.
+
+    alive [batch, beam] are log-probs after `step`; each such hypothesis has step + 1
+    tokens, so it ends with length in [step + 2, max_length]. The log-prob can only
+    fall and the penalty is monotonic, so the best case is at one end of that range:
+    penalties = (lp(step + 2) scalar, lp(max_lengths) [batch]).
+    worst_kept [batch] is the n-th best finished score (-inf until n are finished).
+    """
+    best = tf.reduce_max(alive, axis=1)
+    bound = tf.maximum(best / penalties[0], best / penalties[1])
+    return (step + 1 >= max_lengths) | (bound <= worst_kept)
+
+
+def _backtrack(
+    finished: _Finished, history: tuple[tf.Tensor, tf.Tensor, tf.Tensor | None], eos_id: int
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Rebuilds hypotheses from back-pointers.
+
+    finished fields [M]; history = (tokens [T, N], parent rows [T, N],
+    attention [T, N, src_len] or None), indexed by the row each step wrote.
+    Returns tokens [T, M] and attention [T, M, src_len] (or None).
+    """
+    step_tokens, step_rows, step_attention = history
+    has_last = finished.last != eos_id
+
+    def back(carry: tuple, elems: tuple) -> tuple:
+        row, step = carry[0], elems[0]
+        before = step < finished.steps
+        real_last = has_last & (step == finished.steps)
+        last = tf.where(real_last, finished.last, PAD_ID)
+        token = tf.where(before, tf.gather(elems[1], row), last)
+        row = tf.where(before, tf.gather(elems[2], row), row)
+        if step_attention is None:
+            return row, token
+        keep = (before | real_last)[:, None]
+        return row, token, tf.where(keep, tf.gather(elems[3], row), 0.0)
+
+    time = tf.shape(step_tokens)[0]
+    elems = (tf.range(time), step_tokens, step_rows)
+    init = (finished.rows, tf.zeros_like(finished.rows))
+    if step_attention is not None:
+        elems += (step_attention,)
+        init += (tf.zeros([tf.shape(finished.rows)[0], tf.shape(step_attention)[2]]),)
+    outputs = tf.scan(back, elems, initializer=init, reverse=True)
+    return outputs[1], outputs[2] if step_attention is not None else None
+
+
+def _check_beam_arguments(beam_size: int, nbest: int) -> None:
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and beam_size ({beam_size}), got {nbest}")
+
+
+def beam_search(
+    step_fn: StepFn,
+    initial_state: State,
+    max_lengths: tf.Tensor,
+    *,
+    beam_size: int = 5,
+    length_penalty: float = 0.6,
+    nbest: int = 1,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    return_attention: bool = False,
+) -> SearchResult:
+    """Beam search with GNMT length penalty; returns the nbest best per sentence, best first.
+
+    initial_state leaves are [batch, ...] (tiled here to [batch * beam, ...]);
+    max_lengths int32 [batch]. step_fn sees N = batch * beam_size rows.
+    """
+    _check_beam_arguments(beam_size, nbest)
+    max_lengths = _as_max_lengths(max_lengths)
+    batch = tf.shape(max_lengths)[0]
+    final_penalty = _length_penalty(max_lengths, length_penalty)  # [batch], the longest case
+
+    def cond(t, prev, state, alive, done, finished, out, parents, att) -> tf.Tensor:
+        return tf.logical_not(tf.reduce_all(done))
+
+    def body(t, prev, state, alive, done, finished, out, parents, att) -> tuple:
+        log_probs, state, attention = _call_step(step_fn, prev, state, return_attention)
+        total = alive[:, :, None] + tf.reshape(log_probs, [batch, beam_size, -1])
+        cand = _top_candidates(total, beam_size)
+        ends = (cand[2] == eos_id) | (t + 1 >= max_lengths)[:, None]
+        # Only the best beam_size candidates may finish (as in fairseq): beam 1 == greedy.
+        eligible = ends & (tf.range(tf.shape(ends)[1]) < beam_size)
+        penalty = _length_penalty(t + 1, length_penalty)
+        finished = _add_finished(finished, cand, eligible, t, penalty, done)
+        alive, rows, tokens = _next_alive(cand, ends, beam_size)
+        penalties = (_length_penalty(t + 2, length_penalty), final_penalty)
+        done |= _sentences_done(alive, finished.scores[:, -1], t, max_lengths, penalties)
+        if return_attention:
+            att = att.write(t, attention)
+        state = tf.nest.map_structure(lambda x: tf.gather(x, rows), state)
+        out, parents = out.write(t, tokens), parents.write(t, rows)
+        return t + 1, tokens, state, alive, done, finished, out, parents, att
+
+    first_alive = tf.concat(
+        [tf.zeros([batch, 1]), tf.fill([batch, beam_size - 1], _NEG_INF)], axis=1
+    )
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch * beam_size], bos_id),
+        tf.nest.map_structure(lambda x: tile_beams(x, beam_size), initial_state),
+        first_alive,
+        tf.zeros([batch], tf.bool),
+        _Finished(*(tf.fill([batch, nbest], x) for x in (_NEG_INF, -1, 0, PAD_ID))),
+        _array(tf.int32),
+        _array(tf.int32),
+        _array(tf.float32),
+    )
+    outputs = tf.while_loop(cond, body, loop_vars)
+    finished, out, parents, att = outputs[5:]
+    history = (out.stack(), parents.stack(), att.stack() if return_attention else None)
+    return _beam_result(finished, history, eos_id)
+
+
+def _beam_result(
+    finished: _Finished, history: tuple[tf.Tensor, tf.Tensor, tf.Tensor | None], eos_id: int
+) -> SearchResult:
+    """Turns the kept n-best [batch, nbest] into a SearchResult."""
+    valid = finished.scores > _NEG_INF  # false only if fewer than nbest could ever end
+    steps = tf.where(valid, finished.steps, -1)
+    lengths = tf.where(valid, steps + tf.cast(finished.last != eos_id, tf.int32), 0)
+    flat = _Finished(*(tf.reshape(x, [-1]) for x in finished._replace(steps=steps)))
+    tokens, attention = _backtrack(flat, history, eos_id)
+    keep = tf.reduce_max(lengths)
+
+    def batch_major(x: tf.Tensor) -> tf.Tensor:
+        """[T, batch * nbest, ...] -> [batch, nbest, keep, ...]."""
+        x = _time_to_batch(x, keep)
+        return tf.reshape(x, tf.concat([tf.shape(lengths), tf.shape(x)[1:]], axis=0))
+
+    return SearchResult(
+        tokens=batch_major(tokens),
+        lengths=lengths,
+        scores=finished.scores,
+        attention=batch_major(attention) if attention is not None else None,
+    )

@@ -1,0 +1,242 @@
+"""A training run: data, tokenizer, model, fit, resume, and the model folder it writes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from translator import config as config_lib
+from translator import corpus as corpus_lib
+from translator import model_folder as mf
+from translator.callbacks import CHECKPOINT_FILE, RunState, TrainingControl
+from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
+from translator.metrics import evaluate
+from translator.model import MaskedCrossEntropy
+from translator.pipeline import TrainingBatches, encode_pairs, make_batch
+from translator.tokenizer import Tokenizer
+from translator.translator import Translator
+
+# Sections whose change makes a folder hold "a different run". Training lengths and
+# budgets (epochs, max_minutes, patience) may change between sessions of one run.
+_RESUMABLE_KEYS = {"epochs", "max_minutes", "patience"}
+
+
+class RunFolderError(ValueError):
+    """The output folder holds something this run must not overwrite or resume."""
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    best_dev_bleu: float
+    scores: dict
+    state: RunState
+
+
+def train(config: config_lib.Config, output: Path | str, overwrite: bool = False,
+          log: Callable[[str], None] = print, verbose: int | str = "auto",
+          checkpoint_every: int = 200) -> TrainResult:
+    """Trains (or resumes) the run `config` describes into the model folder `output`."""
+    folder = Path(output)
+    started = time.monotonic()
+    resume = _check_folder(folder, config, overwrite, log)
+    keras.utils.set_random_seed(config.training.seed)
+    splits = corpus_lib.load_splits(config.data)
+    log(f"data: {len(splits.train)} training pairs ({splits.clean_report}); "
+        f"{len(splits.dev)} dev pairs; {len(splits.test)} test pairs")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer(folder, config, splits, resume, log)
+    train_ids = encode_pairs(tokenizer, splits.train, config.data.max_tokens)
+    dev_ids = encode_pairs(tokenizer, splits.dev)
+    log(f"encoded: {len(train_ids)} training pairs, {train_ids.target_tokens} target tokens; "
+        f"{train_ids.dropped_too_long} dropped for exceeding {config.data.max_tokens} subwords")
+    batches = TrainingBatches(train_ids, config.training.batch_size, config.training.bucket_width,
+                              config.training.seed)
+    model, state = _model_and_state(folder, config, tokenizer, resume, log)
+    if not state.finished:
+        _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose,
+             checkpoint_every)
+    best = mf.load_weights(folder / mf.WEIGHTS_FILE)
+    scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
+    _write_run_card(folder, config, splits, state, time.monotonic() - started)
+    return TrainResult(folder, state.best_bleu, scores, state)
+
+
+def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool, log) -> bool:
+    """Returns True when the folder holds this very run to resume; refuses other runs."""
+    config_path = folder / mf.CONFIG_FILE
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    if not config_path.exists():
+        if folder.exists() and any(folder.iterdir()):
+            raise RunFolderError(f"{folder} is not empty and holds no run; choose another "
+                                 "--output or pass --overwrite")
+        return False
+    old = mf.read_config(folder).to_dict()
+    new = config.to_dict()
+    if old["tokenizer"] != new["tokenizer"]:
+        raise RunFolderError(
+            f"{folder} was trained with tokenizer {old['tokenizer']}, not {new['tokenizer']}: "
+            "resuming with a different tokenizer or vocabulary is refused; "
+            "use --overwrite or another --output")
+    differ = [f"{s}.{k}" for s in new for k in new[s]
+              if new[s][k] != old[s][k] and not (s == "training" and k in _RESUMABLE_KEYS)]
+    if differ:
+        raise RunFolderError(f"{folder} holds a different run (differs in {', '.join(differ)}); "
+                             "use --overwrite to replace it, or another --output")
+    return True
+
+
+def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
+    if resume:
+        return Tokenizer.load(folder)
+    cfg = config.tokenizer
+    tokenizer = Tokenizer.train([s for s, _ in splits.train], [t for _, t in splits.train],
+                                cfg.vocab_size, cfg.model_type, cfg.joint)
+    for path in tokenizer.save(folder):
+        log(f"tokenizer: {path} ({tokenizer.src_vocab_size} pieces"
+            f"{', joint' if tokenizer.joint else ''})")
+    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
+    return tokenizer
+
+
+def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
+    checkpoint = folder / mf.CHECKPOINT_DIR
+    if resume and (checkpoint / CHECKPOINT_FILE).exists():
+        model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
+        state = RunState.load(checkpoint)
+        state.finished = state.finished and state.epoch >= config.training.epochs
+        log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
+            f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
+        return model, state
+    model = mf.build_model(config, tokenizer)
+    model.build()
+    cfg = config.training
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
+        loss=MaskedCrossEntropy(cfg.label_smoothing),
+        jit_compile=False,
+    )
+    log(f"model: {model.count_params():,} parameters")
+    return model, RunState()
+
+
+def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, folder: Path,
+         state: RunState, log, verbose, checkpoint_every: int) -> None:
+    translator = Translator(model, tokenizer, config)
+    dev_src, dev_ref = [s for s, _ in splits.dev], [t for _, t in splits.dev]
+    beam = config.training.eval_beam
+
+    def dev_bleu() -> float:
+        hyps = translator.translate(dev_src, beam=beam, nbest=1)
+        return evaluate(hyps, dev_ref, config.data.tgt)["bleu"]["score"]
+
+    def save_best() -> None:
+        with atomic_path(folder / mf.WEIGHTS_FILE) as tmp:
+            _save_inference(model, tmp)
+
+    control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
+                              batches.steps_per_epoch, dev_bleu, save_best, checkpoint_every, log)
+    callbacks = [control, keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
+    dev_data = [make_batch(dev_ids, np.arange(i, min(i + 64, len(dev_ids))))
+                for i in range(0, len(dev_ids), 64)]
+    validation = _as_dataset(dev_data)
+    log(f"training: {batches.steps_per_epoch} steps per epoch, up to {config.training.epochs} "
+        f"epochs{f' or {config.training.max_minutes} minutes' if config.training.max_minutes else ''}")
+    try:
+        while not state.finished and not model.stop_training:
+            epoch, skip = state.epoch, state.step_in_epoch
+            model.fit(batches.dataset(epoch, skip), initial_epoch=epoch, epochs=epoch + 1,
+                      steps_per_epoch=batches.steps_per_epoch - skip, validation_data=validation,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
+    except KeyboardInterrupt:
+        control.checkpoint()
+        log(f"interrupted at step {state.global_step}; run the same command to resume")
+        raise
+    _average_last(model, config, folder, state, dev_bleu, save_best, log)
+
+
+def _save_inference(model, path: Path) -> None:
+    """Saves the model without optimizer state: the folder's model.keras is for translating."""
+    optimizer = model.optimizer
+    model.optimizer = None
+    try:
+        model.save(path)
+    finally:
+        model.optimizer = optimizer
+
+
+def _as_dataset(batches: list):
+    import tensorflow as tf
+
+    ids = tf.TensorSpec([None, None], tf.int32)
+    return tf.data.Dataset.from_generator(
+        lambda: iter(batches), output_signature=({"source": ids, "target_in": ids}, ids))
+
+
+def _average_last(model, config, folder: Path, state: RunState, dev_bleu, save_best, log) -> None:
+    """Averages the last K epochs' weights; keeps the average if its dev BLEU is the best."""
+    k = config.training.average_last
+    paths = sorted((folder / mf.CHECKPOINT_DIR).glob("epoch-*.weights.h5"),
+                   key=lambda p: int(p.name.split("-")[1].split(".")[0]))[-k:] if k else []
+    if len(paths) < 2:
+        return
+    weights = []
+    for path in paths:
+        model.load_weights(path)
+        weights.append(model.get_weights())
+    model.set_weights([np.mean(ws, axis=0) for ws in zip(*weights)])
+    bleu = dev_bleu()
+    log(f"average of the last {len(paths)} epochs: dev BLEU {bleu:.2f} "
+        f"(best single {state.best_bleu:.2f})")
+    if bleu > state.best_bleu:
+        state.best_bleu, state.best_epoch = bleu, -len(paths)
+        save_best()
+        state.save(folder / mf.CHECKPOINT_DIR)
+
+
+def _final_scores(folder: Path, model, tokenizer, config, splits, state: RunState, log) -> dict:
+    """Dev (the configured training search) and test (the configured decoding) scores."""
+    translator = Translator(model, tokenizer, config)
+    scores = {"best_epoch": state.best_epoch, "stop_reason": state.stop_reason}
+    for name, pairs, beam in (("dev", splits.dev, config.training.eval_beam),
+                              ("test", splits.test, config.decoding.beam)):
+        if not pairs:
+            continue
+        hyps = translator.translate([s for s, _ in pairs], beam=beam, nbest=1)
+        scores[name] = {"beam": beam, "sentences": len(pairs),
+                        **evaluate(hyps, [t for _, t in pairs], config.data.tgt)}
+        log(f"{name}: BLEU {scores[name]['bleu']['score']:.2f} "
+            f"({scores[name]['bleu']['signature']}), beam {beam}")
+    atomic_write_json(folder / mf.SCORES_FILE, scores)
+    return scores
+
+
+def _write_run_card(folder: Path, config, splits, state: RunState, seconds: float) -> None:
+    import sacrebleu
+    import sentencepiece
+    import tensorflow as tf
+
+    atomic_write_json(folder / mf.RUN_FILE, {
+        "data_files": splits.files,
+        "clean_report": str(splits.clean_report),
+        "seed": config.training.seed,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "training_minutes": round(state.seconds / 60, 2),
+        "this_session_minutes": round(seconds / 60, 2),
+        "stop_reason": state.stop_reason,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "sentencepiece": sentencepiece.__version__,
+                     "sacrebleu": sacrebleu.__version__, "numpy": np.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count()},
+    })
