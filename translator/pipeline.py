@@ -74,7 +74,7 @@ def pad(sequences: Sequence[np.ndarray], prefix: int | None = None, suffix: int 
 def plan_batches(
     lengths: np.ndarray, batch_size: int, bucket_width: int, seed: int, epoch: int
 ) -> list[np.ndarray]:
-    """Index arrays of one epoch's batches: shuffled, grouped by length bucket, batch order shuffled.
+    """Index arrays of one epoch's batches: shuffled, grouped by length bucket, batches shuffled.
 
     Deterministic in (seed, epoch). Every example appears exactly once.
     """
@@ -89,7 +89,8 @@ def make_batch(data: EncodedPairs, indices: np.ndarray) -> tuple[dict[str, np.nd
     """Teacher forcing: ({source [b, S], target_in [b, T]}, target_out [b, T]); BOS y / y EOS."""
     targets = [data.target[i] for i in indices]
     return (
-        {"source": pad([data.source[i] for i in indices]), "target_in": pad(targets, prefix=BOS_ID)},
+        {"source": pad([data.source[i] for i in indices]),
+         "target_in": pad(targets, prefix=BOS_ID)},
         pad(targets, suffix=EOS_ID),
     )
 
@@ -100,7 +101,8 @@ class TrainingBatches:
     def __init__(self, data: EncodedPairs, batch_size: int, bucket_width: int, seed: int) -> None:
         if len(data) == 0:
             raise ValueError("no training pairs left after cleaning and length filtering")
-        self.data, self.batch_size, self.bucket_width, self.seed = data, batch_size, bucket_width, seed
+        self.data, self.batch_size = data, batch_size
+        self.bucket_width, self.seed = bucket_width, seed
         self.lengths = np.array([max(len(s), len(t) + 1) for s, t in zip(data.source, data.target)])
         self.steps_per_epoch = -(-len(data) // batch_size)
 

@@ -41,27 +41,30 @@ def train_sentencepiece(
     if not sentences:
         raise TokenizerError("cannot train a tokenizer on empty text")
     buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=buffer,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        input_sentence_size=0,
-        shuffle_input_sentence=False,
-        seed_sentencepiece_size=1_000_000,
-        num_threads=1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=buffer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            seed_sentencepiece_size=1_000_000,
+            num_threads=1,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+    except RuntimeError as err:  # e.g. "Vocabulary size is smaller than required_chars"
+        raise TokenizerError(f"SentencePiece training failed: {err}") from None
     return buffer.getvalue()
 
 

@@ -149,8 +149,9 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
     dev_data = [make_batch(dev_ids, np.arange(i, min(i + 64, len(dev_ids))))
                 for i in range(0, len(dev_ids), 64)]
     validation = _as_dataset(dev_data)
+    budget = config.training.max_minutes
     log(f"training: {batches.steps_per_epoch} steps per epoch, up to {config.training.epochs} "
-        f"epochs{f' or {config.training.max_minutes} minutes' if config.training.max_minutes else ''}")
+        f"epochs{f' or {budget} minutes' if budget else ''}")
     try:
         while not state.finished and not model.stop_training:
             epoch, skip = state.epoch, state.step_in_epoch

@@ -1,0 +1,134 @@
+"""The Keras model: shapes, padding, teacher forcing vs step-by-step decoding, save/load."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from translator.model import MaskedCrossEntropy, Seq2Seq
+
+VOCAB = 60
+
+
+def make_model(**overrides) -> Seq2Seq:
+    settings = dict(embedding_dim=16, encoder_units=8, decoder_units=16, dropout=0.0,
+                    encoder_layers=2, decoder_layers=2)
+    settings.update(overrides)
+    keras.utils.set_random_seed(7)
+    model = Seq2Seq(VOCAB, VOCAB, **settings)
+    model.build()
+    return model
+
+
+def batch(pad_source: int = 0, pad_target: int = 0) -> dict[str, np.ndarray]:
+    """Two sentences of different lengths, right-padded (id 0), plus optional extra padding."""
+    source = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], "int32")
+    target = np.array([[2, 11, 12, 13], [2, 14, 0, 0]], "int32")
+    source = np.pad(source, ((0, 0), (0, pad_source)))
+    target = np.pad(target, ((0, 0), (0, pad_target)))
+    return {"source": source, "target_in": target}
+
+
+REAL_TARGET = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)  # real (non-pad) target positions
+
+VARIANTS = list(itertools.product(["dot", "general", "additive"], [False, True]))
+
+
+def test_logits_have_shape_batch_time_vocab():
+    model = make_model()
+    logits = model(batch())
+    assert tuple(logits.shape) == (2, 4, VOCAB)
+    assert logits.dtype == "float32"
+
+
+@pytest.mark.parametrize("attention,input_feeding", VARIANTS)
+def test_padding_does_not_change_outputs_at_real_positions(attention, input_feeding):
+    model = make_model(attention=attention, input_feeding=input_feeding)
+    plain = np.asarray(model(batch()))
+    padded = np.asarray(model(batch(pad_source=3, pad_target=2)))[:, :4]
+    np.testing.assert_allclose(padded[REAL_TARGET], plain[REAL_TARGET], atol=1e-5)
+
+
+def test_attention_gives_no_weight_to_source_padding():
+    model = make_model()
+    _, _, state = model.encode(batch(pad_source=3)["source"])
+    _, _, weights = model.decode_step(np.array([2, 2], "int32"), state)
+    weights = np.asarray(weights)
+    assert weights.shape == (2, 8)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+    assert np.all(weights[0, 5:] == 0) and np.all(weights[1, 3:] == 0)
+
+
+@pytest.mark.parametrize("attention,input_feeding", VARIANTS)
+def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feeding):
+    model = make_model(attention=attention, input_feeding=input_feeding)
+    inputs = batch()
+    forced = np.asarray(model(inputs))
+    _, _, state = model.encode(inputs["source"])
+    steps = []
+    for t in range(inputs["target_in"].shape[1]):
+        logits, state, _ = model.decode_step(inputs["target_in"][:, t], state)
+        steps.append(np.asarray(logits))
+    stepped = np.stack(steps, 1)
+    np.testing.assert_allclose(stepped[REAL_TARGET], forced[REAL_TARGET], atol=1e-5)
+
+
+def test_keys_are_projected_once_per_sentence_in_the_state():
+    model = make_model(attention="general")
+    _, _, state = model.encode(batch()["source"])
+    _, new_state, _ = model.decode_step(np.array([2, 2], "int32"), state)
+    assert new_state["keys"] is state["keys"] and new_state["memory"] is state["memory"]
+
+
+@pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])
+def test_save_then_load_gives_identical_logits(tmp_path, attention, input_feeding):
+    model = make_model(attention=attention, input_feeding=input_feeding, tie_embeddings=False,
+                       share_embeddings=False)
+    inputs = batch()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
+
+
+def test_tied_and_shared_embeddings_use_one_matrix():
+    tied = make_model(tie_embeddings=True, share_embeddings=True)
+    untied = make_model(tie_embeddings=False, share_embeddings=False)
+    assert tied.src_embedding is tied.tgt_embedding
+    assert tied.count_params() < untied.count_params()
+
+
+def test_shared_embeddings_need_a_joint_vocabulary():
+    with pytest.raises(ValueError, match="joint vocabulary"):
+        Seq2Seq(50, 60, share_embeddings=True)
+
+
+def test_dot_attention_needs_matching_sizes():
+    with pytest.raises(ValueError, match="dot attention"):
+        make_model(attention="dot", decoder_units=12)
+
+
+def test_bfloat16_model_keeps_float32_logits():
+    model = make_model(dtype="mixed_bfloat16")
+    assert model.decoder_lstms[0].compute_dtype == "bfloat16"
+    assert model(batch()).dtype == "float32"
+
+
+def test_loss_ignores_padding_and_applies_label_smoothing():
+    logits = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
+    labels = np.array([[1, 2, 0], [3, 0, 0]], "int32")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = [(0, 0), (0, 1), (1, 0)]
+    nll = np.mean([-log_probs[b, t, labels[b, t]] for b, t in real])
+    uniform = np.mean([-log_probs[b, t].mean() for b, t in real])
+    assert float(MaskedCrossEntropy(0.0)(labels, logits)) == pytest.approx(nll, rel=1e-5)
+    assert float(MaskedCrossEntropy(0.2)(labels, logits)) == pytest.approx(
+        0.8 * nll + 0.2 * uniform, rel=1e-5)
+    changed = logits.copy()
+    changed[0, 2] += 100.0  # a padded position
+    assert float(MaskedCrossEntropy(0.1)(labels, changed)) == pytest.approx(
+        float(MaskedCrossEntropy(0.1)(labels, logits)), rel=1e-6)
