@@ -60,16 +60,16 @@ def learning_rate(cfg: TrainingConfig, step: int, scale: float) -> float:
 
 
 class TrainingControl(keras.callbacks.Callback):
-    """Per batch: sets the learning rate, checkpoints every `checkpoint_every` steps and
+    """Per batch: sets the learning rate, checkpoints every cfg.checkpoint_every steps and
     watches the time budget. Per epoch: dev BLEU, history, best model, early stopping."""
 
     def __init__(self, folder: Path, cfg: TrainingConfig, state: RunState, steps_per_epoch: int,
                  evaluate: Callable[[], float], save_best: Callable[[], None],
-                 checkpoint_every: int = 200, log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print) -> None:
         super().__init__()
         self.folder, self.cfg, self.state = folder, cfg, state
         self.steps_per_epoch, self.evaluate, self.save_best = steps_per_epoch, evaluate, save_best
-        self.checkpoint_every, self.log = checkpoint_every, log
+        self.log = log
         self._started = time.monotonic()
         self._seconds_before = state.seconds
 
@@ -83,7 +83,8 @@ class TrainingControl(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.state.global_step += 1
         self.state.step_in_epoch += 1
-        if self.checkpoint_every and self.state.global_step % self.checkpoint_every == 0:
+        every = self.cfg.checkpoint_every
+        if every and self.state.global_step % every == 0:
             self.checkpoint()
         if self._out_of_time():
             self.model.stop_training = True

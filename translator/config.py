@@ -8,6 +8,7 @@ names the key. Presets (`tiny`, `demo`, `base`) are partial configs applied firs
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key is unknown or its value is impossible."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.2), not as a string (PyYAML's YAML 1.1)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 @dataclass
@@ -76,6 +88,7 @@ class TrainingConfig:
     eval_beam: int = 1  # search used for dev BLEU during training (1 = greedy)
     average_last: int = 0  # average the weights of the last K epochs' checkpoints (0 = off)
     bucket_width: int = 5  # bucket boundaries every this many tokens
+    checkpoint_every: int = 200  # steps between checkpoints for resuming (and at each epoch end)
     # auto: mixed_bfloat16 where the CPU has bfloat16 instructions (about 2x faster), else
     # float32. The choice is stored with the model and used to translate too.
     precision: str = "auto"
@@ -138,7 +151,8 @@ _POSITIVE = {
     "model.decoder_units", "model.decoder_layers", "training.batch_size", "training.epochs",
     "training.learning_rate", "training.bucket_width", "training.eval_beam", "decoding.beam",
     "decoding.nbest", "decoding.batch_size", "decoding.max_len_ratio", "data.max_chars",
-    "data.max_ratio", "data.max_tokens",
+    "data.max_ratio", "data.max_tokens", "data.train_limit", "data.dev_limit",
+    "training.max_minutes",
 }
 
 
@@ -201,9 +215,9 @@ def validate(config: Config) -> None:
         ("decoding.nbest", flat["decoding.nbest"] <= flat["decoding.beam"], "must be <= beam"),
         ("tokenizer.vocab_size", flat["tokenizer.vocab_size"] >= 300,
          "must be >= 300 (256 byte pieces + specials + characters)"),
-        ("training.max_minutes", (flat["training.max_minutes"] or 1) > 0, "must be positive"),
         ("training.average_last", flat["training.average_last"] >= 0, "must be >= 0"),
         ("training.warmup_steps", flat["training.warmup_steps"] >= 0, "must be >= 0"),
+        ("training.checkpoint_every", flat["training.checkpoint_every"] >= 0, "must be >= 0"),
     ]
     for key, ok, message in checks:
         if not ok:
@@ -235,7 +249,7 @@ def load(
         config = from_dict(PRESETS[preset], config)
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config ({err})") from None
         config = from_dict(raw, config)
@@ -243,7 +257,7 @@ def load(
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        set_value(config, key.strip(), yaml.safe_load(text))
+        set_value(config, key.strip(), yaml.load(text, Loader=_Loader))
     validate(config)
     return config
 

@@ -121,7 +121,7 @@ def fetch_file(
     mirror: Path | str | None = None,
     cache_dir: Path | str = DEFAULT_CACHE,
 ) -> Path:
-    """Returns the path of a verified copy of one corpus file in the cache, fetching it if needed."""
+    """Returns the path of a verified copy of one corpus file in the cache, fetching if needed."""
     spec = get_corpus(corpus).files.get(filename)
     if spec is None:
         raise CorpusError(f"corpus {corpus!r} has no file {filename!r}")
@@ -258,7 +258,9 @@ def load_corpus(
     if src == tgt:
         raise CorpusError(f"source and target language are both {src!r}")
     if split not in corpus.splits:
-        raise CorpusError(f"corpus {name!r} has no split {split!r}; it has {', '.join(corpus.splits)}")
+        raise CorpusError(
+            f"corpus {name!r} has no split {split!r}; it has {', '.join(corpus.splits)}"
+        )
     if name == "tatoeba-cmn-eng":
         en_zh = read_tsv(fetch_file(name, "cmn.txt.gz", mirror, cache_dir))
         chosen = split_by_source(en_zh)[split]
@@ -277,7 +279,9 @@ def split_by_source(
     all its lines. So no source sentence is in two splits, and the split does not
     depend on file order. Lines keep their file order within each split.
     """
-    unique = sorted({s for s, _ in pairs}, key=lambda s: hashlib.sha256((seed + s).encode()).digest())
+    unique = sorted(
+        {s for s, _ in pairs}, key=lambda s: hashlib.sha256((seed + s).encode()).digest()
+    )
     if len(unique) < 3 * held_out:
         raise CorpusError(f"only {len(unique)} distinct sentences; cannot hold out 2 x {held_out}")
     test, dev = set(unique[:held_out]), set(unique[held_out : 2 * held_out])

@@ -58,11 +58,17 @@ class Seq2Seq(keras.Model):
         )
         self.input_feeding, self.tie_embeddings = input_feeding, tie_embeddings
         dtype = self.dtype_policy  # sublayers share it: float32, or mixed_bfloat16 (see training)
+        # Embeddings start at N(0, 1/d) and are scaled by sqrt(d) where they enter the
+        # network: inputs of unit scale (Keras' default U(-0.05, 0.05) starves the LSTMs
+        # and learning crawls), while tied output logits start small.
+        self.embed_scale = float(embedding_dim) ** 0.5
+        init = keras.initializers.RandomNormal(stddev=1.0 / self.embed_scale)
         self.tgt_embedding = layers.Embedding(tgt_vocab_size, embedding_dim, name="tgt_embedding",
-                                              dtype=dtype)
+                                              embeddings_initializer=init, dtype=dtype)
         self.src_embedding = (
             self.tgt_embedding if share_embeddings else
-            layers.Embedding(src_vocab_size, embedding_dim, name="src_embedding", dtype=dtype))
+            layers.Embedding(src_vocab_size, embedding_dim, name="src_embedding",
+                             embeddings_initializer=init, dtype=dtype))
         self.encoder = Encoder(encoder_units, encoder_layers, dropout, name="encoder", dtype=dtype)
         self.bridge = Bridge(decoder_units, decoder_layers, name="bridge", dtype=dtype)
         self.decoder_lstms = [
@@ -86,7 +92,8 @@ class Seq2Seq(keras.Model):
     def call(self, inputs, training=None):
         source, target_in = inputs["source"], inputs["target_in"]
         memory, mask, state = self.encode(source, training=training)
-        embedded = self.dropout(self.tgt_embedding(target_in), training=training)
+        embedded = self.dropout(self.tgt_embedding(target_in) * self.embed_scale,
+                                training=training)
         if self.input_feeding:
             attentional = self._feed_loop(embedded, state, training)
         else:
@@ -132,7 +139,7 @@ class Seq2Seq(keras.Model):
         """source int [batch, src_len] -> memory [batch, src_len, 2*enc], mask bool
         [batch, src_len], and the initial decoder state (a dict; see decode_step)."""
         mask = ops.not_equal(source, PAD_ID)
-        embedded = self.dropout(self.src_embedding(source), training=training)
+        embedded = self.dropout(self.src_embedding(source) * self.embed_scale, training=training)
         memory, h, c = self.encoder(embedded, mask=mask, training=training)
         state = {
             "lstm": self.bridge(h, c),
@@ -152,7 +159,8 @@ class Seq2Seq(keras.Model):
 
         Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
         """
-        attentional, state, weights = self._step(self.tgt_embedding(tokens), state, False)
+        embedded = self.tgt_embedding(tokens) * self.embed_scale
+        attentional, state, weights = self._step(embedded, state, False)
         return self.logits(attentional), state, weights
 
     def _step(self, embedded, state, training):

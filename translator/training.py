@@ -26,7 +26,7 @@ from translator.translator import Translator
 
 # Sections whose change makes a folder hold "a different run". Training lengths and
 # budgets (epochs, max_minutes, patience) may change between sessions of one run.
-_RESUMABLE_KEYS = {"epochs", "max_minutes", "patience"}
+_RESUMABLE_KEYS = {"epochs", "max_minutes", "patience", "checkpoint_every"}
 
 
 class RunFolderError(ValueError):
@@ -42,8 +42,7 @@ class TrainResult:
 
 
 def train(config: config_lib.Config, output: Path | str, overwrite: bool = False,
-          log: Callable[[str], None] = print, verbose: int | str = "auto",
-          checkpoint_every: int = 200) -> TrainResult:
+          log: Callable[[str], None] = print, verbose: int | str = "auto") -> TrainResult:
     """Trains (or resumes) the run `config` describes into the model folder `output`."""
     folder = Path(output)
     started = time.monotonic()
@@ -62,8 +61,7 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
                               config.training.seed)
     model, state = _model_and_state(folder, config, tokenizer, resume, log)
     if not state.finished:
-        _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose,
-             checkpoint_every)
+        _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
     scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
     _write_run_card(folder, config, splits, state, time.monotonic() - started)
@@ -130,7 +128,7 @@ def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
 
 
 def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, folder: Path,
-         state: RunState, log, verbose, checkpoint_every: int) -> None:
+         state: RunState, log, verbose) -> None:
     translator = Translator(model, tokenizer, config)
     dev_src, dev_ref = [s for s, _ in splits.dev], [t for _, t in splits.dev]
     beam = config.training.eval_beam
@@ -144,7 +142,7 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
             _save_inference(model, tmp)
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
-                              batches.steps_per_epoch, dev_bleu, save_best, checkpoint_every, log)
+                              batches.steps_per_epoch, dev_bleu, save_best, log)
     callbacks = [control, keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
     dev_data = [make_batch(dev_ids, np.arange(i, min(i + 64, len(dev_ids))))
                 for i in range(0, len(dev_ids), 64)]
