@@ -140,7 +140,6 @@ def test_nbest_up_to_beam_is_accepted():
         ("training.epochs=true", "training.epochs must be int"),  # bool is not an int here
         ("model.dropout='0.1'", "model.dropout must be float"),
         ("tokenizer.joint=1", "tokenizer.joint must be bool"),
-        ("data.src=5", "data.src must be str"),
         ("model.embedding_dim=[1, 2]", "model.embedding_dim must be int"),
         ("data.train_limit=many", "data.train_limit must be int or null"),
         ("model.dropout=null", "model.dropout cannot be empty"),
@@ -246,3 +245,15 @@ def test_own_files_need_both_sides():
         config.load(overrides=["data.train_src=train.en"])
     with pytest.raises(ConfigError, match="data.corpus"):
         config.load(overrides=["data.corpus=null"])
+
+
+def test_string_fields_keep_the_text_typed_on_the_command_line():
+    # YAML reads `no` as false; a language code is a string (Norwegian).
+    assert config.load(overrides=["data.src=no", "data.tgt=5"]).data.src == "no"
+
+
+def test_a_yaml_file_with_a_number_for_a_string_key_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  src: 5\n")
+    with pytest.raises(config.ConfigError, match="data.src must be str"):
+        config.load(path)

@@ -172,13 +172,20 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     return config
 
 
-def set_value(config: Config, dotted: str, value: Any) -> None:
-    """Sets `section.key` to value, converting to the field's type or refusing."""
+def set_value(config: Config, dotted: str, value: Any, text: str | None = None) -> None:
+    """Sets `section.key` to value, converting to the field's type or refusing.
+
+    `text`, the value as typed on the command line, is kept for string fields that YAML
+    would read otherwise (e.g. the language code `no` for Norwegian, which YAML reads
+    as false).
+    """
     section, _, key = dotted.partition(".")
     target = getattr(config, section, None) if section in config.__dataclass_fields__ else None
     if target is None or key not in target.__dataclass_fields__:
         raise ConfigError(f"unknown config key {dotted!r}")
     kind = target.__dataclass_fields__[key].type
+    if text is not None and kind.startswith("str") and value is not None:
+        value = text.strip()
     setattr(target, key, _convert(dotted, value, kind))
 
 
@@ -210,7 +217,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be positive, not {flat[key]!r}")
     checks = [
         ("model.dropout", 0 <= flat["model.dropout"] < 1, "must be in [0, 1)"),
-        ("training.label_smoothing", 0 <= flat["training.label_smoothing"] < 1, "must be in [0, 1)"),
+        ("training.label_smoothing", 0 <= flat["training.label_smoothing"] < 1,
+         "must be in [0, 1)"),
+        ("training.plateau_factor", 0 < flat["training.plateau_factor"] <= 1, "must be in (0, 1]"),
+        ("training.clipnorm", flat["training.clipnorm"] > 0, "must be positive"),
+        ("training.patience", flat["training.patience"] >= 1, "must be >= 1"),
+        ("training.plateau_patience", flat["training.plateau_patience"] >= 1, "must be >= 1"),
+        ("decoding.max_len_offset", flat["decoding.max_len_offset"] >= 0, "must be >= 0"),
         ("decoding.length_penalty", flat["decoding.length_penalty"] >= 0, "must be >= 0"),
         ("decoding.nbest", flat["decoding.nbest"] <= flat["decoding.beam"], "must be <= beam"),
         ("tokenizer.vocab_size", flat["tokenizer.vocab_size"] >= 300,
@@ -257,7 +270,7 @@ def load(
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        set_value(config, key.strip(), yaml.load(text, Loader=_Loader))
+        set_value(config, key.strip(), yaml.load(text, Loader=_Loader), text)
     validate(config)
     return config
 

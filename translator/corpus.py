@@ -355,6 +355,10 @@ def load_splits(data) -> DataSplits:
         train = _read_user(data.train_tsv, data.train_src, data.train_tgt, files)
         dev = _read_user(data.dev_tsv, data.dev_src, data.dev_tgt, files)
         if not dev:
+            if len(train) < 1000:
+                raise CorpusError(f"only {len(train)} training pairs and no dev set: give "
+                                  "--dev-src/--dev-tgt or --dev-tsv (or at least 1,000 pairs, "
+                                  "of which the last 500 become the dev set)")
             train, dev = train[:-500], train[-500:]
         test: list[Pair] = []
     else:
