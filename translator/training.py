@@ -155,6 +155,7 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
             epoch, skip = state.epoch, state.step_in_epoch
             model.fit(batches.dataset(epoch, skip), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=batches.steps_per_epoch - skip, validation_data=validation,
+                      validation_steps=len(dev_data),
                       callbacks=callbacks, verbose=verbose, shuffle=False)
     except KeyboardInterrupt:
         control.checkpoint()
