@@ -294,17 +294,11 @@ def test_long_line_is_split_into_pieces_and_translated_in_full(tiny_translator, 
     assert dst.read_text(encoding="utf-8").split("\n")[1] == translation
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Translator._join returns one hypothesis for a line split into "
-                   "pieces, whatever nbest asks for (so --nbest K prints one line for it)")
 def test_long_line_gives_nbest_hypotheses(tiny_translator, long_line):
     hyps = tiny_translator.translate([long_line, "A man."], beam=3, nbest=3)
     assert [len(h) for h in hyps] == [3, 3]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Translator._join drops attention and source_tokens of a line "
-                   "split into pieces (attention is None)")
 def test_long_line_keeps_attention(tiny_translator, long_line):
     hyp = tiny_translator.translate(long_line, beam=1, return_attention=True)
     assert hyp.attention is not None
@@ -510,9 +504,6 @@ def test_cli_plot_attention_writes_png_sized_by_the_tokens(tiny_model, tiny_tran
     assert abs(actual[0] - width) <= 1 and abs(actual[1] - height) <= 1, (actual, width, height)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="cli._plot reads read_lines(args.input) when the sentences came "
-                   "from stdin: args.input is None, so TypeError")
 def test_cli_plot_attention_of_the_first_stdin_line(tiny_model, distinct, tmp_path, capsys,
                                                     monkeypatch):
     read_end, write_end = os.pipe()
@@ -560,9 +551,6 @@ def test_cli_reference_prints_bleu_and_chrf_with_signatures(tiny_model, tiny_tra
     assert "version:" in expected_chrf.signature
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cli._score scores an empty `outputs` list with --input plus "
-                   "--scores/--json/--nbest: '0 hypotheses but N references'")
 def test_cli_reference_with_scores_on_a_file(tiny_model, tiny_translator, scored_files,
                                              tmp_path, capsys):
     sources, references = scored_files
@@ -593,9 +581,6 @@ def test_cli_invalid_utf8_input_fails_naming_the_line(tiny_model, distinct, tmp_
     assert dst.read_bytes().count(b"\n") == 3
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="batch.translate_file's progress bar opens src with "
-                   "open() before read_lines checks it: FileNotFoundError escapes translate_main")
 def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     missing = tmp_path / "missing.txt"
     code, _, err = run_cli(capsys, "--model", tiny_model, "--input", missing,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from translator.corpus import read_lines
+from translator.corpus import CorpusError, read_lines
 from translator.io_utils import atomic_open
 
 
@@ -38,6 +38,8 @@ def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "
     """
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    if not Path(src).is_file():
+        raise CorpusError(f"{src}: no such file")
     bar = None
     if progress:
         from keras.utils import Progbar

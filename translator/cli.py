@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
 import sys
 from collections.abc import Iterator, Sequence
 
-from translator.corpus import CorpusError
+from translator.corpus import CorpusError, read_lines
 
 
 def _fail(message: str) -> int:
@@ -181,47 +182,49 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
 
 def _translate(translator, args: argparse.Namespace) -> int:
     fmt, options = _formatter(args), _options(args)
-    outputs: list[str] = []
+    firsts: list[str] = []  # the source (first line) and the best translation of each input
+    sources: list[str] = []
+
+    def record(index: int, result) -> str:
+        firsts.append(_text(result[0] if isinstance(result, list) else result))
+        return fmt(index, result)
+
     if args.input:
-        translator.translate_file(args.input, args.output, errors=args.errors,
-                                  progress=not args.quiet, formatter=fmt, **options)
+        # The progress bar goes to stderr: stdout stays free for pipes.
+        with contextlib.redirect_stdout(sys.stderr):
+            translator.translate_file(args.input, args.output, errors=args.errors,
+                                      progress=not args.quiet, formatter=record, **options)
         print(f"translated {args.input} -> {args.output}", file=sys.stderr)
+        sources = [next(iter(read_lines(args.input, errors=args.errors)), "")]
     else:
         chunks = [args.text] if args.text else stdin_chunks(
             sys.stdin.fileno(), translator.stream_chunk(options), args.errors)
-        index = 0
         for chunk in chunks:
+            sources = sources or chunk[:1]
             for result in translator.translate(chunk, **options):
-                line = fmt(index, result)
-                print(line, flush=False)
-                outputs.append(_text(result if not isinstance(result, list) else result[0]))
-                index += 1
+                print(record(len(firsts), result))
             sys.stdout.flush()
     if args.plot_attention:
-        _plot(translator, args, options)
+        _plot(translator, args.plot_attention, sources[0] if sources else "", options)
     if args.reference:
-        _score(translator, args, outputs)
+        _score(translator, args.reference, firsts)
     return 0
 
 
-def _plot(translator, args, options) -> None:
-    from translator.corpus import read_lines
+def _plot(translator, path: str, sentence: str, options: dict) -> None:
     from translator.plot import plot_attention
 
-    first = args.text[0] if args.text else next(iter(read_lines(args.input)), "")
-    hyp = translator.translate(first, **{**options, "nbest": 1, "return_attention": True})
-    plot_attention(hyp, args.plot_attention)
-    print(f"attention plot: {args.plot_attention}", file=sys.stderr)
+    if not sentence.strip():
+        raise ValueError("--plot-attention plots the first input sentence, which is empty")
+    hyp = translator.translate(sentence, **{**options, "nbest": 1, "return_attention": True})
+    plot_attention(hyp, path)
+    print(f"attention plot: {path}", file=sys.stderr)
 
 
-def _score(translator, args, outputs: list[str]) -> None:
-    from translator.corpus import read_lines
+def _score(translator, reference: str, outputs: list[str]) -> None:
     from translator.metrics import bleu, chrf
 
-    if args.input:
-        outputs = list(read_lines(args.output)) if not (args.nbest or args.json or args.scores) \
-            else outputs
-    references = list(read_lines(args.reference))
+    references = list(read_lines(reference))
     language = translator.config.data.tgt
     print(bleu(outputs, references, language), file=sys.stderr)
     print(chrf(outputs, references), file=sys.stderr)

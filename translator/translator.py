@@ -71,8 +71,14 @@ class Translator:
         return self._settings(options)[0].batch_size * STREAM_CHUNK_BATCHES
 
     def translate_stream(self, lines: Iterable[str], **options) -> Iterator:
-        """Translates an iterator of lines lazily, one chunk of batches at a time, in order."""
+        """Translates an iterator of lines lazily, one chunk of batches at a time, in order.
+
+        Options are checked at once (not at the first result)."""
         settings, want_objects = self._settings(options)
+        return self._stream(lines, settings, want_objects, options)
+
+    def _stream(self, lines: Iterable[str], settings: DecodingConfig, want_objects: bool,
+                options: dict) -> Iterator:
         chunk: list[str] = []
         for line in lines:
             chunk.append(line)
@@ -152,15 +158,21 @@ class Translator:
         return pieces + [current] if current else pieces
 
     def _join(self, parts: list[list[Hypothesis]], nbest: int) -> list[Hypothesis]:
-        """Joins a split line's pieces back (best of each piece); blank lines give ''."""
+        """Joins a split line's pieces back: the k-th joined hypothesis joins each piece's
+        k-th best; attention becomes block-diagonal. Blank lines give ''."""
         if not parts:
             return [Hypothesis("", 0.0) for _ in range(nbest)]
         if len(parts) == 1:
             return parts[0]
         joiner = "" if _is_cjk(parts[0][0].text) else " "
-        best = [p[0] for p in parts]
-        return [Hypothesis(joiner.join(h.text for h in best), float(sum(h.score for h in best)),
-                           [t for h in best for t in h.tokens])]
+        joined = []
+        for k in range(len(parts[0])):
+            pieces = [p[min(k, len(p) - 1)] for p in parts]
+            joined.append(Hypothesis(
+                joiner.join(h.text for h in pieces), float(sum(h.score for h in pieces)),
+                [t for h in pieces for t in h.tokens], _block_diagonal(pieces),
+                [t for h in pieces for t in h.source_tokens]))
+        return joined
 
     def _translate_pieces(self, texts: list[str], settings: DecodingConfig,
                           attention: bool) -> list[list[Hypothesis]]:
@@ -228,6 +240,19 @@ class Translator:
             return search.greedy_search(step, dynamic, max_lengths, return_attention=attention)
         return search.beam_search(step, dynamic, max_lengths, beam_size=beam, nbest=nbest,
                                   length_penalty=alpha, return_attention=attention)
+
+
+def _block_diagonal(pieces: list[Hypothesis]) -> np.ndarray | None:
+    """Attention of joined pieces: each piece's [target, source] block on the diagonal."""
+    if any(h.attention is None for h in pieces):
+        return None
+    rows = sum(h.attention.shape[0] for h in pieces)
+    out = np.zeros((rows, sum(h.attention.shape[1] for h in pieces)), np.float32)
+    r = c = 0
+    for h in pieces:
+        out[r:r + h.attention.shape[0], c:c + h.attention.shape[1]] = h.attention
+        r, c = r + h.attention.shape[0], c + h.attention.shape[1]
+    return out
 
 
 def _is_cjk(text: str) -> bool:
