@@ -67,6 +67,9 @@ def make_translator(args: argparse.Namespace) -> tuple[Any, str]:
     from translator.translator import Translator
 
     if args.model:
+        if args.sets or args.precision != "auto" or args.train_limit:
+            raise SystemExit("--set, --precision and --train-limit are for the random-weights "
+                             "model; a model folder brings its own")
         return Translator.load(args.model), f"trained weights ({args.model})"
     overrides = [f"training.precision={args.precision}", *flops.parse_sets(args.sets)]
     config = config_lib.load(preset="base", overrides=overrides)
@@ -74,7 +77,9 @@ def make_translator(args: argparse.Namespace) -> tuple[Any, str]:
     keras.utils.set_random_seed(args.seed)
     model = build_model(config, tokenizer)
     model.build()
-    return Translator(model, tokenizer, config), "random weights (base preset)"
+    label = "random weights (base preset" + (f", --set {' '.join(args.sets)})" if args.sets
+                                             else ")")
+    return Translator(model, tokenizer, config), label
 
 
 def search_name(beam: int) -> str:

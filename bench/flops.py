@@ -221,9 +221,9 @@ def quiet_tensorflow() -> None:
 
 def write_results(name: str, results: dict[str, Any]) -> Path:
     """Writes results as JSON to bench/results/<name>.json and returns the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     results = {**results, "load_average_at_end": list(os.getloadavg())}
     path = RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     return path
 

@@ -41,13 +41,34 @@ class RunState:
     finished: bool = False
     stop_reason: str = ""
     history: list[dict] = field(default_factory=list)
+    # Dropout's random generators: Keras does not save their state with the model, so a
+    # resumed run would draw other dropout masks than an uninterrupted one.
+    seed_states: list[list[int]] = field(default_factory=list)
 
     def save(self, folder: Path) -> None:
         atomic_write_json(folder / STATE_FILE, asdict(self))
 
+    def done(self, cfg: TrainingConfig) -> bool:
+        """Whether a stopping rule holds under cfg (which may allow more than the last run)."""
+        return (self.epoch >= cfg.epochs or self.bad_evals >= cfg.patience
+                or bool(cfg.max_minutes) and self.seconds >= 60 * cfg.max_minutes)
+
+    def capture_seeds(self, model: keras.Model) -> None:
+        self.seed_states = [v.numpy().tolist() for v in _seed_variables(model)]
+
+    def restore_seeds(self, model: keras.Model) -> None:
+        variables = _seed_variables(model)
+        if self.seed_states and len(variables) == len(self.seed_states):
+            for variable, value in zip(variables, self.seed_states):
+                variable.assign(np.asarray(value, variable.dtype))
+
     @classmethod
     def load(cls, folder: Path) -> RunState:
         return cls(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+
+
+def _seed_variables(model: keras.Model) -> list:
+    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
 
 
 def learning_rate(cfg: TrainingConfig, step: int, scale: float) -> float:
@@ -141,6 +162,11 @@ class TrainingControl(keras.callbacks.Callback):
 
     def checkpoint(self, keep_epoch: int | None = None) -> None:
         """Weights + optimizer, then the run state (the state names a complete checkpoint)."""
+        # Ctrl-C can land after a step's update but before on_train_batch_end counted it:
+        # the optimizer's iteration count is the truth.
+        lag = int(self.model.optimizer.iterations.numpy()) - self.state.global_step
+        self.state.global_step += lag
+        self.state.step_in_epoch += lag
         folder = self.folder
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / CHECKPOINT_FILE) as tmp:
@@ -151,6 +177,7 @@ class TrainingControl(keras.callbacks.Callback):
             stale = folder / f"epoch-{keep_epoch - self.cfg.average_last}.weights.h5"
             stale.unlink(missing_ok=True)
         self.state.seconds = self.elapsed()
+        self.state.capture_seeds(self.model)
         self.state.save(folder)
 
     def write_history(self) -> None:

@@ -8,7 +8,7 @@ nothing on the hot path (arrays are padded once per batch here) and prefetches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,8 +118,18 @@ class TrainingBatches:
 
     def dataset(self, first_epoch: int = 0, skip: int = 0) -> tf.data.Dataset:
         """Endless batches from (first_epoch, step skip) onwards, prefetched."""
-        ids = tf.TensorSpec([None, None], tf.int32)
-        spec = ({"source": ids, "target_in": ids}, ids)
-        return tf.data.Dataset.from_generator(
-            lambda: self._generate(first_epoch, skip), output_signature=spec
-        ).prefetch(tf.data.AUTOTUNE)
+        return batches_dataset(lambda: self._generate(first_epoch, skip))
+
+
+def batches_dataset(generate: Callable[[], Iterator]) -> tf.data.Dataset:
+    """tf.data over a generator of make_batch() results, prefetched."""
+    ids = tf.TensorSpec([None, None], tf.int32)
+    spec = ({"source": ids, "target_in": ids}, ids)
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def eval_batches(data: EncodedPairs, batch_size: int = 64) -> list:
+    """Fixed, in-order batches (for dev loss)."""
+    return [make_batch(data, np.arange(i, min(i + batch_size, len(data))))
+            for i in range(0, len(data), batch_size)]

@@ -20,7 +20,7 @@ from translator.callbacks import CHECKPOINT_FILE, RunState, TrainingControl
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
 from translator.metrics import evaluate
 from translator.model import MaskedCrossEntropy
-from translator.pipeline import TrainingBatches, encode_pairs, make_batch
+from translator.pipeline import TrainingBatches, batches_dataset, encode_pairs, eval_batches
 from translator.tokenizer import Tokenizer
 from translator.translator import Translator
 
@@ -111,7 +111,8 @@ def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
     if resume and (checkpoint / CHECKPOINT_FILE).exists():
         model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
         state = RunState.load(checkpoint)
-        state.finished = state.finished and state.epoch >= config.training.epochs
+        state.restore_seeds(model)
+        state.finished = state.done(config.training)  # a larger budget continues the run
         log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
             f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
         return model, state
@@ -144,9 +145,8 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
                               batches.steps_per_epoch, dev_bleu, save_best, log)
     callbacks = [control, keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
-    dev_data = [make_batch(dev_ids, np.arange(i, min(i + 64, len(dev_ids))))
-                for i in range(0, len(dev_ids), 64)]
-    validation = _as_dataset(dev_data)
+    dev_data = eval_batches(dev_ids)
+    validation = batches_dataset(lambda: iter(dev_data))
     budget = config.training.max_minutes
     log(f"training: {batches.steps_per_epoch} steps per epoch, up to {config.training.epochs} "
         f"epochs{f' or {budget} minutes' if budget else ''}")
@@ -172,14 +172,6 @@ def _save_inference(model, path: Path) -> None:
         model.save(path)
     finally:
         model.optimizer = optimizer
-
-
-def _as_dataset(batches: list):
-    import tensorflow as tf
-
-    ids = tf.TensorSpec([None, None], tf.int32)
-    return tf.data.Dataset.from_generator(
-        lambda: iter(batches), output_signature=({"source": ids, "target_in": ids}, ids))
 
 
 def _average_last(model, config, folder: Path, state: RunState, dev_bleu, save_best, log) -> None:
