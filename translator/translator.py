@@ -192,11 +192,11 @@ class Translator:
     def _search_batch(self, sources: list[np.ndarray], settings: DecodingConfig,
                       attention: bool) -> list[list[Hypothesis]]:
         lengths = np.array([len(s) for s in sources], np.int32)
-        max_lengths = np.maximum(
-            1, np.ceil(settings.max_len_ratio * lengths + settings.max_len_offset)).astype(np.int32)
+        max_lengths = search.max_output_lengths(lengths, settings.max_len_ratio,
+                                                settings.max_len_offset)
         fn = self._search_function(settings.beam, settings.nbest, settings.length_penalty,
                                    attention)
-        result = fn(tf.constant(pad(sources)), tf.constant(max_lengths))
+        result = fn(tf.constant(pad(sources)), max_lengths)
         tokens, lens, scores = result.tokens.numpy(), result.lengths.numpy(), result.scores.numpy()
         att = result.attention.numpy() if attention else None
         out = []
