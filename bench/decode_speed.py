@@ -14,7 +14,7 @@ in the model's compute dtype; (b) the speed of a plain eager per-token loop writ
 here (model.encode once, model.decode_step per token, no tf.function) on a subset,
 with the compiled/eager ratio measured in the same run.
 
-Run:  TRANSLATOR_MIRROR=/work/shared/corpora .venv/bin/python bench/decode_speed.py
+Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/decode_speed.py
 """
 
 from __future__ import annotations
@@ -364,12 +364,7 @@ def print_eager(runs: dict[int, dict], count: int, batch_size: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flops.quiet_tensorflow()
-    info = flops.machine()
-    print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs ({', '.join(info['cpu_flags'])})"
-          f"; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
-    warning = flops.quiet_warning()
-    if warning:
-        print(warning)
+    info = flops.print_machine()
     translator, label = make_translator(args)
     texts = [s for s, _ in flops.multi30k("test_2016_flickr", args.limit)]
     dtype = translator.model.compute_dtype
@@ -390,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ngoals: beam 5 >= {SHARE_GOAL:.0%} of the FLOP-bound limit and >= {EAGER_GOAL:.0f}x "
           f"the eager reference loop\nreference (from the product brief, not measured here): "
           f"{REFERENCE}")
+    warning = flops.quiet_warning()
     if warning:
         print(warning)
     results = {

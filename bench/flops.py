@@ -211,6 +211,18 @@ def quiet_warning() -> str | None:
     return None
 
 
+def print_machine() -> dict[str, Any]:
+    """Prints the machine line (and the not-quiet warning, if any); returns machine()."""
+    info = machine()
+    print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
+          f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
+          f"Keras {info['keras']}")
+    warning = quiet_warning()
+    if warning:
+        print(warning)
+    return info
+
+
 def quiet_tensorflow() -> None:
     """Silences TensorFlow's Python-side warnings (e.g. the retracing notice while the
     warm-up traces the step for new shapes)."""

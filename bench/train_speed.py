@@ -14,7 +14,7 @@ so that their ratio is measured in the same run. Also reported: the analytic tra
 FLOPs per target token (3 x forward matmul FLOPs at the timed batches' real lengths),
 the machine's dense matmul FLOP/s, and the achieved share of that FLOP-bound limit.
 
-Run:  TRANSLATOR_MIRROR=/work/shared/corpora .venv/bin/python bench/train_speed.py
+Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/train_speed.py
 """
 
 from __future__ import annotations
@@ -93,22 +93,13 @@ def real_batches(tokenizer, config, count: int, train_limit: int | None) -> list
 
 
 def compiled_model(config, tokenizer):
-    """A fresh model, built and compiled as translator/training.py does."""
+    """A fresh model, seeded, built and compiled exactly as a training run does."""
     import keras
 
-    from translator.model import MaskedCrossEntropy
-    from translator.model_folder import build_model
+    from translator.training import compiled_model as training_model
 
     keras.utils.set_random_seed(config.training.seed)
-    model = build_model(config, tokenizer)
-    model.build()
-    cfg = config.training
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
-        loss=MaskedCrossEntropy(cfg.label_smoothing),
-        jit_compile=False,
-    )
-    return model
+    return training_model(config, tokenizer)
 
 
 def reshaped_batch(batch: tuple) -> tuple:
@@ -262,12 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     flops.quiet_tensorflow()
     if min(args.warmup, args.steps, args.repeats) < 1:
         raise SystemExit("--warmup, --steps and --repeats must be >= 1")
-    info = flops.machine()
-    print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs ({', '.join(info['cpu_flags'])})"
-          f"; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
-    warning = flops.quiet_warning()
-    if warning:
-        print(warning)
+    info = flops.print_machine()
     cases = prepare(args)
     time_cases(cases, args.repeats)
     print(f"measuring matmul FLOP/s ({args.matmul_size}x{args.matmul_size}) ...", flush=True)
@@ -276,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     for case in cases:
         case["summary"] = summarise(case, matmul)
     print_report(cases, args.sets)
+    warning = flops.quiet_warning()
     if warning:
         print(warning)
     results = {

@@ -116,16 +116,22 @@ def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
         log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
             f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
         return model, state
+    model = compiled_model(config, tokenizer)
+    log(f"model: {model.count_params():,} parameters")
+    return model, RunState()
+
+
+def compiled_model(config: config_lib.Config, tokenizer: Tokenizer):
+    """A fresh model, built and compiled for training (bench/train_speed.py times this)."""
     model = mf.build_model(config, tokenizer)
     model.build()
     cfg = config.training
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
         loss=MaskedCrossEntropy(cfg.label_smoothing),
-        jit_compile=False,
+        jit_compile=False,  # XLA gained ~15% in float32 but lost in bfloat16 on our CPU
     )
-    log(f"model: {model.count_params():,} parameters")
-    return model, RunState()
+    return model
 
 
 def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, folder: Path,
