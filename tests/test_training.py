@@ -36,6 +36,11 @@ def cli_train(output: Path, *extra: str, **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
+def last_checkpoint(folder: Path) -> keras.Model:
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    return keras.saving.load_model(folder / "checkpoint" / state["checkpoint"])
+
+
 def test_tiny_preset_loss_goes_down(tiny_model):
     with open(tiny_model / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -66,9 +71,9 @@ def test_killed_run_resumes_at_its_step_and_matches_an_uninterrupted_run(tmp_pat
     assert resumed.returncode == 0, output
     assert f"resuming from step {killed_at} of {broken}" in output
 
-    last = keras.saving.load_model(broken / "checkpoint" / "last.keras")
+    last = last_checkpoint(broken)
     assert int(last.optimizer.iterations.numpy()) == whole.state.global_step == 2 * 19
-    reference = keras.saving.load_model(tmp_path / "whole" / "checkpoint" / "last.keras")
+    reference = last_checkpoint(tmp_path / "whole")
     # Same seed, same batches (planned from the seed and epoch), the dropout generator's
     # state is saved with the checkpoint, and CPU kernels are deterministic here.
     for a, b in zip(last.get_weights(), reference.get_weights()):
@@ -105,18 +110,19 @@ def test_resuming_with_a_different_tokenizer_is_refused(tiny_model):
 
 def test_non_empty_folder_without_a_run_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="not empty"):
+    with pytest.raises(RunFolderError, match="not empty and holds no model"):
         train(small_config(), tmp_path, verbose=0, log=lambda m: None)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_model_folder_is_complete(tiny_model):
     for name in ("config.yaml", "spm.model", "model.keras", "history.csv", "scores.json",
-                 "run.json", "checkpoint/state.json", "checkpoint/last.keras"):
+                 "run.json", "checkpoint/state.json"):
         assert (tiny_model / name).exists(), name
     run = json.loads((tiny_model / "run.json").read_text())
     assert run["seed"] == 1234 and run["versions"]["tensorflow"]
     assert run["data_files"]["multi30k/train.en.gz"].startswith("d79cfa99")
+    assert [p.name for p in (tiny_model / "checkpoint").glob("step-*.keras")] == ["step-186.keras"]
     assert not [p for p in tiny_model.rglob(".*") if p.is_file()], "temporary files left"
 
 
@@ -140,3 +146,49 @@ def test_folder_loads_in_a_fresh_process_and_reproduces_its_dev_bleu(tiny_model)
     assert reproduced["chrf"]["score"] > 0  # a tiny model's BLEU may be 0; chrF is not
     for metric in ("bleu", "bleu_lowercase", "chrf", "ter"):
         assert reproduced[metric] == recorded[metric]
+
+
+def test_run_stopped_in_its_epoch_end_work_finishes_that_epoch_on_resume(tmp_path):
+    folder = tmp_path / "m"
+    train(small_config("training.epochs=1"), folder, verbose=0, log=lambda m: None)
+    state_file = folder / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    # As if Ctrl-C had landed after the last batch but before the epoch-end evaluation.
+    state.update(epoch=0, step_in_epoch=19, finished=False, history=[], best_bleu=-1.0)
+    state_file.write_text(json.dumps(state))
+    messages = []
+    result = train(small_config("training.epochs=1"), folder, verbose=0, log=messages.append)
+    assert any(m.startswith("resuming from step 19 of") for m in messages)
+    assert result.state.global_step == 19 and result.state.epoch == 1
+    assert [row["epoch"] for row in result.state.history] == [1]
+
+
+def test_average_of_last_epochs_is_evaluated_and_kept_if_better(tmp_path):
+    messages = []
+    result = train(small_config("training.average_last=2"), tmp_path / "m", verbose=0,
+                   log=messages.append)
+    assert any(m.startswith("average of the last 2 epochs: dev BLEU") for m in messages)
+    kept = sorted(p.name for p in (tmp_path / "m" / "checkpoint").glob("epoch-*.weights.h5"))
+    assert kept == ["epoch-1.weights.h5", "epoch-2.weights.h5"]
+    assert result.best_dev_bleu >= max(row["dev_bleu"] for row in result.state.history)
+
+
+def test_overwrite_never_deletes_a_folder_that_holds_no_model(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunFolderError, match="holds no model"):
+        train(small_config(), tmp_path, overwrite=True, verbose=0, log=lambda m: None)
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_resuming_on_changed_data_is_refused(tmp_path, multi30k_slice):
+    src, tgt = tmp_path / "train.en", tmp_path / "train.de"
+    pairs = multi30k_slice["train"][:1200]
+    src.write_text("\n".join(s for s, _ in pairs) + "\n")
+    tgt.write_text("\n".join(t for _, t in pairs) + "\n")
+    own = ["data.corpus=null", f"data.train_src={src}", f"data.train_tgt={tgt}",
+           "training.epochs=1"]
+    train(small_config(*own), tmp_path / "m", verbose=0, log=lambda m: None)
+    tgt.write_text("\n".join(t.upper() for _, t in pairs) + "\n")
+    with pytest.raises(RunFolderError, match="trained on other data"):
+        train(small_config(*own, "training.epochs=2"), tmp_path / "m", verbose=0,
+              log=lambda m: None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,18 +11,27 @@ from translator.io_utils import atomic_open
 
 
 def count_lines(path: Path | str) -> int:
-    """Lines in a file (a last line without a newline counts), for the progress bar."""
+    """Lines in a plain or gzipped file (a last line without a newline counts)."""
     count, last = 0, b"\n"
-    with open(path, "rb") as f:
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
 
 
-def plain(index: int, result) -> str:
-    """The default output format: the translation alone, one line per input line."""
+def text_of(result) -> str:
+    """The (best) translation of one input as one line, whatever form the result has:
+    str, Hypothesis, or an n-best list of Hypothesis."""
+    if isinstance(result, list):
+        result = result[0]
     return (result if isinstance(result, str) else result.text).replace("\n", " ")
+
+
+def plain(index: int, result) -> str:
+    """The default output format: the (best) translation alone, one line per input line."""
+    return text_of(result)
 
 
 def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "strict",

@@ -22,7 +22,7 @@ import numpy as np
 from translator.config import TrainingConfig
 from translator.io_utils import atomic_open, atomic_path, atomic_write_json
 
-STATE_FILE, CHECKPOINT_FILE = "state.json", "last.keras"
+STATE_FILE = "state.json"
 
 
 @dataclass
@@ -38,6 +38,8 @@ class RunState:
     plateau_evals: int = 0  # evaluations since the last improvement or LR cut
     lr_scale: float = 1.0
     seconds: float = 0.0  # training time spent so far, over all sessions
+    checkpoint: str = ""  # the weights + optimizer file this state belongs to
+    data_files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of the data
     finished: bool = False
     stop_reason: str = ""
     history: list[dict] = field(default_factory=list)
@@ -161,15 +163,16 @@ class TrainingControl(keras.callbacks.Callback):
         self.log(reason)
 
     def checkpoint(self, keep_epoch: int | None = None) -> None:
-        """Weights + optimizer, then the run state (the state names a complete checkpoint)."""
+        """Weights + optimizer into step-N.keras, then state.json naming that file, then the
+        older step files go: a kill at any moment leaves a state and the file it names."""
         # Ctrl-C can land after a step's update but before on_train_batch_end counted it:
         # the optimizer's iteration count is the truth.
         lag = int(self.model.optimizer.iterations.numpy()) - self.state.global_step
         self.state.global_step += lag
         self.state.step_in_epoch += lag
         folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / CHECKPOINT_FILE) as tmp:
+        name = f"step-{self.state.global_step}.keras"
+        with atomic_path(folder / name) as tmp:
             self.model.save(tmp)
         if keep_epoch is not None:
             with atomic_path(folder / f"epoch-{keep_epoch}.weights.h5") as tmp:
@@ -177,8 +180,12 @@ class TrainingControl(keras.callbacks.Callback):
             stale = folder / f"epoch-{keep_epoch - self.cfg.average_last}.weights.h5"
             stale.unlink(missing_ok=True)
         self.state.seconds = self.elapsed()
+        self.state.checkpoint = name
         self.state.capture_seeds(self.model)
         self.state.save(folder)
+        for old in folder.glob("step-*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def write_history(self) -> None:
         rows = self.state.history

@@ -10,6 +10,7 @@ import select
 import sys
 from collections.abc import Iterator, Sequence
 
+from translator.batch import text_of
 from translator.corpus import CorpusError, read_lines
 
 
@@ -63,12 +64,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         config = config_lib.load(args.config, args.preset, _data_overrides(args) + args.set)
     except config_lib.ConfigError as err:
         return _fail(str(err))
-    from translator.training import RunFolderError, train
+    from translator.training import train
 
     try:
         result = train(config, args.output, overwrite=args.overwrite,
                        verbose=0 if args.quiet else "auto")
-    except (RunFolderError, CorpusError) as err:
+    except (ValueError, OSError) as err:  # every error of ours is a ValueError
         return _fail(str(err))
     except KeyboardInterrupt:
         return 130
@@ -107,22 +108,18 @@ def _formatter(args: argparse.Namespace):
     def fmt(index: int, result) -> str:
         if args.json:
             items = result if isinstance(result, list) else [result]
-            record = {"index": index, "translation": _text(items[0])}
+            record = {"index": index, "translation": text_of(items[0])}
             if not isinstance(items[0], str):
                 record["score"] = items[0].score
                 if len(items) > 1:
                     record["nbest"] = [{"translation": h.text, "score": h.score} for h in items]
             return json.dumps(record, ensure_ascii=False)
         if isinstance(result, list):
-            return "\n".join(f"{index}\t{h.score:.4f}\t{_text(h)}" for h in result)
+            return "\n".join(f"{index}\t{h.score:.4f}\t{text_of(h)}" for h in result)
         if args.scores:
-            return f"{result.score:.4f}\t{_text(result)}"
-        return _text(result)
+            return f"{result.score:.4f}\t{text_of(result)}"
+        return text_of(result)
     return fmt
-
-
-def _text(result) -> str:
-    return (result if isinstance(result, str) else result.text).replace("\n", " ")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -178,15 +175,21 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err))
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 def _translate(translator, args: argparse.Namespace) -> int:
     fmt, options = _formatter(args), _options(args)
-    firsts: list[str] = []  # the source (first line) and the best translation of each input
-    sources: list[str] = []
+    best: list[str] = []  # the best translation of each input, kept only for --reference
+    sources: list[str] = []  # the first input sentence, for --plot-attention
+    count = 0
 
     def record(index: int, result) -> str:
-        firsts.append(_text(result[0] if isinstance(result, list) else result))
+        nonlocal count
+        count += 1
+        if args.reference:
+            best.append(text_of(result))
         return fmt(index, result)
 
     if args.input:
@@ -202,12 +205,12 @@ def _translate(translator, args: argparse.Namespace) -> int:
         for chunk in chunks:
             sources = sources or chunk[:1]
             for result in translator.translate(chunk, **options):
-                print(record(len(firsts), result))
+                print(record(count, result))
             sys.stdout.flush()
     if args.plot_attention:
         _plot(translator, args.plot_attention, sources[0] if sources else "", options)
     if args.reference:
-        _score(translator, args.reference, firsts)
+        _score(translator, args.reference, best)
     return 0
 
 

@@ -235,6 +235,11 @@ def validate(config: Config) -> None:
     for key, ok, message in checks:
         if not ok:
             raise ConfigError(f"{key} {message}, not {flat[key]!r}")
+    model = config.model
+    if model.attention == "dot" and model.decoder_units != 2 * model.encoder_units:
+        raise ConfigError(f"model.attention dot needs model.decoder_units "
+                          f"({model.decoder_units}) = 2 x model.encoder_units "
+                          f"({model.encoder_units}); use general or additive")
     _validate_data(config.data)
 
 
@@ -270,7 +275,11 @@ def load(
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        set_value(config, key.strip(), yaml.load(text, Loader=_Loader), text)
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError:
+            value = text  # not YAML (e.g. a file pattern): the text itself, typed below
+        set_value(config, key.strip(), value, text)
     validate(config)
     return config
 

@@ -16,7 +16,7 @@ import numpy as np
 from translator import config as config_lib
 from translator import corpus as corpus_lib
 from translator import model_folder as mf
-from translator.callbacks import CHECKPOINT_FILE, RunState, TrainingControl
+from translator.callbacks import STATE_FILE, RunState, TrainingControl
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
 from translator.metrics import evaluate
 from translator.model import MaskedCrossEntropy
@@ -46,11 +46,13 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     """Trains (or resumes) the run `config` describes into the model folder `output`."""
     folder = Path(output)
     started = time.monotonic()
-    resume = _check_folder(folder, config, overwrite, log)
+    resume = _check_folder(folder, config, overwrite)
     keras.utils.set_random_seed(config.training.seed)
     splits = corpus_lib.load_splits(config.data)
     log(f"data: {len(splits.train)} training pairs ({splits.clean_report}); "
         f"{len(splits.dev)} dev pairs; {len(splits.test)} test pairs")
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)  # only now that the data has loaded, and only a model folder
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(folder, config, splits, resume, log)
     train_ids = encode_pairs(tokenizer, splits.train, config.data.max_tokens)
@@ -59,7 +61,9 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
         f"{train_ids.dropped_too_long} dropped for exceeding {config.data.max_tokens} subwords")
     batches = TrainingBatches(train_ids, config.training.batch_size, config.training.bucket_width,
                               config.training.seed)
-    model, state = _model_and_state(folder, config, tokenizer, resume, log)
+    model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log)
+    # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
+    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
     if not state.finished:
         _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
@@ -68,15 +72,17 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     return TrainResult(folder, state.best_bleu, scores, state)
 
 
-def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool, log) -> bool:
-    """Returns True when the folder holds this very run to resume; refuses other runs."""
-    config_path = folder / mf.CONFIG_FILE
-    if overwrite and folder.exists():
-        shutil.rmtree(folder)
-    if not config_path.exists():
-        if folder.exists() and any(folder.iterdir()):
-            raise RunFolderError(f"{folder} is not empty and holds no run; choose another "
-                                 "--output or pass --overwrite")
+def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> bool:
+    """Returns True when the folder holds this very run to resume; refuses other runs.
+
+    With overwrite, a model folder (or an empty one) may be replaced; the caller deletes
+    it once the data has loaded. A folder that holds no run is never deleted.
+    """
+    holds_run = (folder / mf.CONFIG_FILE).exists() or (folder / mf.CHECKPOINT_DIR).exists()
+    if folder.exists() and not holds_run and any(folder.iterdir()):
+        raise RunFolderError(f"{folder} is not empty and holds no model; choose another "
+                             "--output (--overwrite replaces model folders only)")
+    if overwrite or not (folder / mf.CONFIG_FILE).exists():
         return False
     old = mf.read_config(folder).to_dict()
     new = config.to_dict()
@@ -95,22 +101,26 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool, log)
 
 def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
     if resume:
-        return Tokenizer.load(folder)
-    cfg = config.tokenizer
-    tokenizer = Tokenizer.train([s for s, _ in splits.train], [t for _, t in splits.train],
-                                cfg.vocab_size, cfg.model_type, cfg.joint)
-    for path in tokenizer.save(folder):
-        log(f"tokenizer: {path} ({tokenizer.src_vocab_size} pieces"
-            f"{', joint' if tokenizer.joint else ''})")
-    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
+        tokenizer = Tokenizer.load(folder)
+    else:
+        cfg = config.tokenizer
+        tokenizer = Tokenizer.train([s for s, _ in splits.train], [t for _, t in splits.train],
+                                    cfg.vocab_size, cfg.model_type, cfg.joint)
+        for path in tokenizer.save(folder):
+            log(f"tokenizer: {path} ({tokenizer.src_vocab_size} pieces"
+                f"{', joint' if tokenizer.joint else ''})")
     return tokenizer
 
 
-def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
+def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: bool, log):
     checkpoint = folder / mf.CHECKPOINT_DIR
-    if resume and (checkpoint / CHECKPOINT_FILE).exists():
-        model = keras.saving.load_model(checkpoint / CHECKPOINT_FILE)
+    if resume and (checkpoint / STATE_FILE).exists():
         state = RunState.load(checkpoint)
+        if state.data_files and state.data_files != data_files:
+            changed = sorted(set(state.data_files.items()) ^ set(data_files.items()))
+            raise RunFolderError(f"{folder} was trained on other data ({changed[0][0]} "
+                                 "differs); use --overwrite or another --output")
+        model = keras.saving.load_model(checkpoint / state.checkpoint)
         state.restore_seeds(model)
         state.finished = state.done(config.training)  # a larger budget continues the run
         log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
@@ -118,7 +128,7 @@ def _model_and_state(folder: Path, config, tokenizer, resume: bool, log):
         return model, state
     model = compiled_model(config, tokenizer)
     log(f"model: {model.count_params():,} parameters")
-    return model, RunState()
+    return model, RunState(data_files=dict(data_files))
 
 
 def compiled_model(config: config_lib.Config, tokenizer: Tokenizer):
@@ -159,6 +169,10 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
     try:
         while not state.finished and not model.stop_training:
             epoch, skip = state.epoch, state.step_in_epoch
+            if skip >= batches.steps_per_epoch:  # stopped in the epoch-end work: redo it
+                control.set_model(model)
+                control.on_epoch_end(epoch, {})
+                continue
             model.fit(batches.dataset(epoch, skip), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=batches.steps_per_epoch - skip, validation_data=validation,
                       validation_steps=len(dev_data),

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from translator import search
+from translator import config as config_lib
 from translator.config import Config, DecodingConfig
 from translator.model import STATIC_KEYS, Seq2Seq
 from translator.pipeline import encode_sources, pad
@@ -106,11 +107,7 @@ class Translator:
         values = {k: options[k] for k in known - {"return_scores", "return_attention"}
                   if options.get(k) is not None}
         settings = replace(self.config.decoding, **values)
-        if settings.beam < 1 or settings.nbest < 1 or settings.nbest > settings.beam:
-            raise ValueError(f"need 1 <= nbest <= beam; got beam={settings.beam}, "
-                             f"nbest={settings.nbest}")
-        if settings.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, not {settings.batch_size}")
+        config_lib.validate(replace(self.config, decoding=settings))  # ConfigError names it
         want_objects = bool(options.get("return_scores") or options.get("return_attention")
                             or settings.nbest > 1)
         return settings, want_objects
@@ -148,7 +145,15 @@ class Translator:
         return pieces
 
     def _split_at_spaces(self, text: str) -> list[str]:
-        words, pieces, current = text.split(" "), [], ""
+        """Pieces under MAX_INPUT_TOKENS, cut between words; a 'word' that is itself too
+        long (unsegmented scripts such as Chinese have no spaces) is cut every 100 chars."""
+        words = []
+        for word in text.split(" "):
+            if len(self.tokenizer.encode([word])[0]) < MAX_INPUT_TOKENS:
+                words.append(word)
+            else:
+                words.extend(word[i:i + 100] for i in range(0, len(word), 100))
+        pieces, current = [], ""
         for word in words:
             candidate = f"{current} {word}" if current else word
             if current and len(self.tokenizer.encode([candidate])[0]) >= MAX_INPUT_TOKENS:
