@@ -217,9 +217,9 @@ def print_machine() -> dict[str, Any]:
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
           f"Keras {info['keras']}")
-    warning = quiet_warning()
-    if warning:
-        print(warning)
+    info["quiet_warning"] = quiet_warning()  # judged before the benchmark loads the CPUs
+    if info["quiet_warning"]:
+        print(info["quiet_warning"])
     return info
 
 

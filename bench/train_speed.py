@@ -262,9 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     for case in cases:
         case["summary"] = summarise(case, matmul)
     print_report(cases, args.sets)
-    warning = flops.quiet_warning()
-    if warning:
-        print(warning)
+    if info["quiet_warning"]:
+        print(info["quiet_warning"])
     results = {
         "benchmark": "train_speed", "machine": info, "settings": vars(args), "goal": GOAL,
         "references_not_measured_here": REFERENCES, "matmul_flops_per_s": matmul,
