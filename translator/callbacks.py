@@ -33,7 +33,7 @@ class RunState:
     step_in_epoch: int = 0  # batches of that epoch already trained
     global_step: int = 0
     best_bleu: float = -1.0
-    best_epoch: int = -1
+    best_epoch: float = -1  # fractional when the best was a part epoch (time budget)
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     plateau_evals: int = 0  # evaluations since the last improvement or LR cut
     lr_scale: float = 1.0
@@ -126,7 +126,7 @@ class TrainingControl(keras.callbacks.Callback):
             "learning_rate": float(self.model.optimizer.learning_rate.numpy()),
             "minutes": round(self.elapsed() / 60, 2),
         })
-        self._track_best(bleu, epoch)
+        self._track_best(bleu, self.state.history[-1]["epoch"])
         if complete:
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
         self.write_history()
@@ -138,16 +138,17 @@ class TrainingControl(keras.callbacks.Callback):
             self._stop(f"time budget of {self.cfg.max_minutes} minutes spent")
         self.checkpoint(keep_epoch=epoch + 1 if self.cfg.average_last and complete else None)
 
-    def _track_best(self, bleu: float, epoch: int) -> None:
+    def _track_best(self, bleu: float, epoch: float) -> None:
+        """epoch: the 1-based epoch just evaluated (fractional for a part epoch)."""
         s = self.state
         if bleu > s.best_bleu:
-            s.best_bleu, s.best_epoch, s.bad_evals, s.plateau_evals = bleu, epoch + 1, 0, 0
+            s.best_bleu, s.best_epoch, s.bad_evals, s.plateau_evals = bleu, epoch, 0, 0
             self.save_best()
-            self.log(f"epoch {epoch + 1}: dev BLEU {bleu:.2f} (best so far, saved)")
+            self.log(f"epoch {epoch}: dev BLEU {bleu:.2f} (best so far, saved)")
             return
         s.bad_evals += 1
         s.plateau_evals += 1
-        self.log(f"epoch {epoch + 1}: dev BLEU {bleu:.2f} (best {s.best_bleu:.2f} "
+        self.log(f"epoch {epoch}: dev BLEU {bleu:.2f} (best {s.best_bleu:.2f} "
                  f"at epoch {s.best_epoch})")
         if self.cfg.decay == "plateau" and s.plateau_evals >= self.cfg.plateau_patience:
             s.lr_scale *= self.cfg.plateau_factor
