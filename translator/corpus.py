@@ -12,12 +12,13 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from translator.io_utils import atomic_path
 
 Pair = tuple[str, str]
 
@@ -158,23 +159,14 @@ def _verify(path: Path, spec: CorpusFile, what: str) -> None:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _download(spec: CorpusFile, target: Path) -> None:
     """Downloads spec.url into target (gzipping a zip member), verifying before the rename."""
     from keras.utils import Progbar
 
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
         print(f"downloading {spec.url}")
         with urllib.request.urlopen(spec.url, timeout=60) as response:
@@ -187,13 +179,11 @@ def _download(spec: CorpusFile, target: Path) -> None:
         if spec.zip_member:
             with zipfile.ZipFile(io.BytesIO(raw)) as archive:
                 raw = gzip.compress(archive.read(spec.zip_member), mtime=0)
-        tmp.write_bytes(raw)
-        _verify(tmp, spec, f"download of {spec.url}")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(raw)
+            _verify(tmp, spec, f"download of {spec.url}")  # a mismatch never gets renamed
     except OSError as err:
         raise CorpusError(f"could not download {spec.url}: {err}; use --mirror DIR") from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_lines(path: Path | str, errors: str = "strict") -> Iterator[str]:
