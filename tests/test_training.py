@@ -192,3 +192,11 @@ def test_resuming_on_changed_data_is_refused(tmp_path, multi30k_slice):
     with pytest.raises(RunFolderError, match="trained on other data"):
         train(small_config(*own, "training.epochs=2"), tmp_path / "m", verbose=0,
               log=lambda m: None)
+
+
+def test_rerunning_a_finished_run_says_so_and_trains_no_more(tiny_model, tiny_config):
+    before = json.loads((tiny_model / "checkpoint" / "state.json").read_text())["global_step"]
+    messages = []
+    result = train(tiny_config, tiny_model, verbose=0, log=messages.append)
+    assert any(m.startswith(f"{tiny_model} is finished (reached 3 epochs") for m in messages)
+    assert result.state.global_step == before

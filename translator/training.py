@@ -123,8 +123,13 @@ def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: 
         model = keras.saving.load_model(checkpoint / state.checkpoint)
         state.restore_seeds(model)
         state.finished = state.done(config.training)  # a larger budget continues the run
-        log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
-            f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
+        if state.finished:
+            log(f"{folder} is finished ({state.stop_reason}; best dev BLEU "
+                f"{state.best_bleu:.2f}); scoring it again. To train on, raise "
+                "training.epochs, training.max_minutes or training.patience")
+        else:
+            log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
+                f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
         return model, state
     model = compiled_model(config, tokenizer)
     log(f"model: {model.count_params():,} parameters")
