@@ -200,3 +200,21 @@ def test_rerunning_a_finished_run_says_so_and_trains_no_more(tiny_model, tiny_co
     result = train(tiny_config, tiny_model, verbose=0, log=messages.append)
     assert any(m.startswith(f"{tiny_model} is finished (reached 3 epochs") for m in messages)
     assert result.state.global_step == before
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
+    folder = tmp_path / "m"
+    process = cli_train(folder)
+    state_file = folder / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["global_step"] >= 4:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    state = json.loads(state_file.read_text())
+    assert f"interrupted at step {state['global_step']}; run the same command" in output
+    model = last_checkpoint(folder)
+    assert int(model.optimizer.iterations.numpy()) == state["global_step"] >= 4
