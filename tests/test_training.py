@@ -36,6 +36,15 @@ def cli_train(output: Path, *extra: str, **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
+def wait_for_checkpoint(process: subprocess.Popen, state_file: Path, step: int) -> None:
+    """Returns once the run has checkpointed at `step` or later (or ended, or 2 minutes)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["global_step"] >= step:
+            return
+        time.sleep(0.05)
+
+
 def last_checkpoint(folder: Path) -> keras.Model:
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
     return keras.saving.load_model(folder / "checkpoint" / state["checkpoint"])
@@ -56,11 +65,7 @@ def test_killed_run_resumes_at_its_step_and_matches_an_uninterrupted_run(tmp_pat
     broken = tmp_path / "broken"
     process = cli_train(broken)
     state_file = broken / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if state_file.exists() and json.loads(state_file.read_text())["global_step"] >= 8:
-            break
-        time.sleep(0.05)
+    wait_for_checkpoint(process, state_file, step=8)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads(state_file.read_text())["global_step"]
@@ -206,11 +211,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
     folder = tmp_path / "m"
     process = cli_train(folder)
     state_file = folder / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if state_file.exists() and json.loads(state_file.read_text())["global_step"] >= 4:
-            break
-        time.sleep(0.05)
+    wait_for_checkpoint(process, state_file, step=4)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output

@@ -114,11 +114,16 @@ class Translator:
 
     def _translate_chunk(self, lines: list[str], settings: DecodingConfig, want_objects: bool,
                          options: dict) -> list:
-        pieces, owners = [], []
-        for index, line in enumerate(lines):
-            for piece in self._split(line):
-                pieces.append(piece)
-                owners.append(index)
+        pieces, owners = [], []  # source ids [tokens + EOS] of each piece, and its line
+        stripped = [line.strip() for line in lines]
+        for index, (line, ids) in enumerate(zip(stripped, encode_sources(self.tokenizer,
+                                                                         stripped))):
+            if not line:
+                continue  # a blank line: no piece, an empty translation
+            split = [ids] if len(ids) <= MAX_INPUT_TOKENS else encode_sources(
+                self.tokenizer, self._split(line))
+            pieces.extend(split)
+            owners.extend([index] * len(split))
         results = self._translate_pieces(pieces, settings, bool(options.get("return_attention")))
         per_line: list[list[list[Hypothesis]]] = [[] for _ in lines]
         for owner, nbest in zip(owners, results):
@@ -133,12 +138,7 @@ class Translator:
         return out
 
     def _split(self, line: str) -> list[str]:
-        """Empty for blank lines; long lines split so that no piece exceeds MAX_INPUT_TOKENS."""
-        line = line.strip()
-        if not line:
-            return []
-        if len(self.tokenizer.encode([line])[0]) < MAX_INPUT_TOKENS:
-            return [line]
+        """A long line split so that no piece exceeds MAX_INPUT_TOKENS subwords."""
         pieces = []
         for sentence in filter(None, _SENTENCE_END.split(line)):
             pieces.extend(self._split_at_spaces(sentence))
@@ -179,14 +179,14 @@ class Translator:
                 [t for h in pieces for t in h.source_tokens]))
         return joined
 
-    def _translate_pieces(self, texts: list[str], settings: DecodingConfig,
+    def _translate_pieces(self, sources: list[np.ndarray], settings: DecodingConfig,
                           attention: bool) -> list[list[Hypothesis]]:
-        """Sorted by length, batched, searched, restored to input order."""
-        if not texts:
+        """Source ids (each [tokens + EOS]) sorted by length, batched, searched, restored
+        to input order: an n-best list per source."""
+        if not sources:
             return []
-        sources = encode_sources(self.tokenizer, texts)
         order = np.argsort([len(s) for s in sources], kind="stable")
-        results: list[list[Hypothesis]] = [[] for _ in texts]
+        results: list[list[Hypothesis]] = [[] for _ in sources]
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
             hyps = self._search_batch([sources[i] for i in batch], settings, attention)
