@@ -132,3 +132,30 @@ def test_loss_ignores_padding_and_applies_label_smoothing():
     changed[0, 2] += 100.0  # a padded position
     assert float(MaskedCrossEntropy(0.1)(labels, changed)) == pytest.approx(
         float(MaskedCrossEntropy(0.1)(labels, logits)), rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_gradient_equals_autodiff_of_the_plain_formula(smoothing):
+    """The hand-written gradient (softmax - smoothed target) against TensorFlow's own
+    gradient of the textbook formula, padding included (its gradient must be zero)."""
+    import tensorflow as tf
+
+    logits = tf.constant(np.random.default_rng(1).normal(size=(2, 4, 7)).astype("float32"))
+    labels = tf.constant([[1, 6, 2, 0], [3, 0, 0, 0]], tf.int32)
+    mask = tf.cast(labels != 0, tf.float32)
+
+    def plain(z):
+        log_probs = tf.nn.log_softmax(z, -1)
+        nll = -tf.reduce_sum(log_probs * tf.one_hot(labels, 7), -1)
+        loss = (1 - smoothing) * nll - smoothing * tf.reduce_mean(log_probs, -1)
+        return tf.reduce_sum(loss * mask) / tf.reduce_sum(mask)
+
+    grads = []
+    for fn in (plain, lambda z: MaskedCrossEntropy(smoothing)(labels, z)):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = fn(logits)
+        grads.append((float(value), tape.gradient(value, logits).numpy()))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-6)
+    np.testing.assert_allclose(grads[1][1], grads[0][1], atol=1e-7)
+    assert not grads[1][1][1, 1:].any()  # padded positions get no gradient

@@ -191,6 +191,35 @@ class Seq2Seq(keras.Model):
         self.built = True
 
 
+def smoothed_cross_entropy(labels, logits, smoothing: float):
+    """Per-token cross-entropy against the label-smoothed target distribution
+    (1 - smoothing on the label, smoothing spread uniformly over the vocabulary).
+
+    labels int [...], logits [..., vocab] -> loss float32 [...]. Written with its own
+    gradient, softmax - target: the gradient TensorFlow derives for picking the label's
+    log-probability (a gather) is a scatter into a dense batch x length x vocabulary
+    tensor, which took 40% of a training step on CPU.
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    vocab = tf.shape(logits)[-1]
+
+    def target():  # [..., vocab]: the smoothed one-hot distribution
+        return ((1.0 - smoothing) * tf.one_hot(labels, vocab, dtype=tf.float32)
+                + smoothing / tf.cast(vocab, tf.float32))
+
+    @tf.custom_gradient
+    def loss_of(z):
+        log_norm = tf.reduce_logsumexp(z, -1)
+        label_logit = tf.gather(z, labels, batch_dims=labels.shape.rank)
+        loss = log_norm - (1.0 - smoothing) * label_logit - smoothing * tf.reduce_mean(z, -1)
+
+        def grad(upstream):
+            return (tf.exp(z - log_norm[..., None]) - target()) * upstream[..., None]
+        return loss, grad
+    return loss_of(logits)
+
+
 @keras.saving.register_keras_serializable(package="translator")
 class MaskedCrossEntropy(keras.losses.Loss):
     """Token-level cross-entropy with label smoothing, averaged over non-pad target tokens.
@@ -204,10 +233,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        y_true = ops.cast(y_true, "int32")
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), -1), -1)
-        loss = (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, -1)
+        loss = smoothed_cross_entropy(y_true, y_pred, self.label_smoothing)
         mask = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
         return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
 

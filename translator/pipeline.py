@@ -1,4 +1,4 @@
-"""Training input: encode once, bucket by length, pad, shift targets, feed through tf.data.
+"""Training input: encode once, batch by length, pad, shift targets, feed through tf.data.
 
 Batches are planned in NumPy from a seed and the epoch number, so the batch at any
 (epoch, step) is known in advance: a resumed run continues from the exact batch where
@@ -72,15 +72,23 @@ def pad(sequences: Sequence[np.ndarray], prefix: int | None = None, suffix: int 
 
 
 def plan_batches(
-    lengths: np.ndarray, batch_size: int, bucket_width: int, seed: int, epoch: int
+    source_lengths: np.ndarray, target_lengths: np.ndarray, batch_size: int, bucket_width: int,
+    seed: int, epoch: int,
 ) -> list[np.ndarray]:
-    """Index arrays of one epoch's batches: shuffled, grouped by length bucket, batches shuffled.
+    """Index arrays of one epoch's batches, deterministic in (seed, epoch).
 
-    Deterministic in (seed, epoch). Every example appears exactly once.
+    Examples are shuffled, then sorted (stably, so ties stay shuffled) by target length
+    and then source length, each rounded down to a multiple of bucket_width; consecutive
+    runs of batch_size form the batches, which are shuffled. With bucket_width 1 a batch
+    of Multi30k holds about 0.4% target padding and 6% source padding (bucketing by the
+    longer side in steps of 5 left 15% and 18%): the output projection and the loss, the
+    costliest part of a step, then run almost only on real tokens. Every example appears
+    exactly once.
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    order = order[np.argsort(lengths[order] // bucket_width, kind="stable")]
+    order = rng.permutation(len(target_lengths))
+    keys = (source_lengths[order] // bucket_width, target_lengths[order] // bucket_width)
+    order = order[np.lexsort(keys)]  # the last key is the primary one
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -103,11 +111,13 @@ class TrainingBatches:
             raise ValueError("no training pairs left after cleaning and length filtering")
         self.data, self.batch_size = data, batch_size
         self.bucket_width, self.seed = bucket_width, seed
-        self.lengths = np.array([max(len(s), len(t) + 1) for s, t in zip(data.source, data.target)])
+        self.source_lengths = np.array([len(s) for s in data.source])
+        self.target_lengths = np.array([len(t) + 1 for t in data.target])  # EOS / BOS added
         self.steps_per_epoch = -(-len(data) // batch_size)
 
     def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-        return plan_batches(self.lengths, self.batch_size, self.bucket_width, self.seed, epoch)
+        return plan_batches(self.source_lengths, self.target_lengths, self.batch_size,
+                            self.bucket_width, self.seed, epoch)
 
     def _generate(self, first_epoch: int, skip: int) -> Iterator:
         epoch = first_epoch
