@@ -7,9 +7,73 @@ from the ids (pad id 0), so nothing depends on Keras' implicit mask propagation.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
+from translator.recurrence import lstm_sequence, lstm_step
+
 NEG_INF = -1e9  # added to attention scores at padded source positions
+
+
+class ForgetBias(keras.initializers.Initializer):
+    """LSTM bias: zeros, except ones for the forget gate (it starts by remembering)."""
+
+    def __call__(self, shape, dtype=None):
+        units = shape[0] // 4
+        return ops.concatenate([ops.zeros((units,), dtype), ops.ones((units,), dtype),
+                                ops.zeros((2 * units,), dtype)])
+
+
+@keras.saving.register_keras_serializable(package="translator")
+class LSTM(layers.Layer):
+    """An LSTM layer with two entry points over the same weights:
+
+    call(inputs [batch, time, in], initial_state=None, lengths=None) runs whole sequences
+    (translator.recurrence: input projection for all steps at once, hand-written backward
+    pass) and returns outputs [batch, time, units] and the state (h, c) where each
+    sequence ends (at lengths - 1; the last step without lengths). Outputs past a
+    sequence's end are not zeroed: callers mask them.
+    step(inputs [batch, in], (h, c)) is one step, for search and input feeding.
+
+    Gates and weights are laid out as in Keras' LSTMCell (kernel, recurrent_kernel, bias;
+    glorot-uniform, orthogonal, forget-gate bias 1).
+    """
+
+    def __init__(self, units: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape) -> None:
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units), name="kernel",
+                                      initializer="glorot_uniform")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units),
+                                                name="recurrent_kernel", initializer="orthogonal")
+        self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer=ForgetBias())
+
+    def _weights(self):
+        dtype = self.compute_dtype
+        return (ops.cast(self.kernel, dtype), ops.cast(self.recurrent_kernel, dtype),
+                ops.cast(self.bias, dtype))
+
+    def call(self, inputs, initial_state=None, lengths=None, training=None):
+        kernel, recurrent_kernel, bias = self._weights()
+        time_major = ops.transpose(ops.cast(inputs, self.compute_dtype), (1, 0, 2))
+        projected = ops.matmul(time_major, kernel) + bias
+        if initial_state is None:
+            zeros = ops.zeros((ops.shape(inputs)[0], self.units), self.compute_dtype)
+            initial_state = (zeros, zeros)
+        hs, cs = lstm_sequence(projected, *initial_state, recurrent_kernel)
+        last = (ops.shape(inputs)[1] - 1) * ops.ones((ops.shape(inputs)[0],), "int32") \
+            if lengths is None else lengths - 1
+        ends = ops.stack([last, ops.arange(ops.shape(inputs)[0], dtype="int32")], 1)
+        return ops.transpose(hs, (1, 0, 2)), (tf.gather_nd(hs, ends), tf.gather_nd(cs, ends))
+
+    def step(self, inputs, state):
+        kernel, recurrent_kernel, bias = self._weights()
+        return lstm_step(ops.matmul(inputs, kernel) + bias, *state, recurrent_kernel)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -19,20 +83,19 @@ class Encoder(layers.Layer):
     call(embedded [batch, src_len, emb], mask [batch, src_len]) returns
     memory [batch, src_len, 2*units] and the final states (h, c), each [batch, 2*units]
     (forward and backward final states concatenated; later layers' states are not used).
+    Sequences are right-padded: the backward direction reads each sentence reversed up to
+    its own length (tf.reverse_sequence), so neither direction ever steps over padding
+    before a real token. Memory at padded positions is masked by the attention.
     """
 
     def __init__(self, units: int, num_layers: int = 1, dropout: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.units, self.num_layers, self.dropout_rate = units, num_layers, dropout
         dtype = self.dtype_policy
-        self.bidirectional = layers.Bidirectional(
-            layers.LSTM(units, return_sequences=True, return_state=True, dtype=dtype),
-            name="bilstm", dtype=dtype,
-        )
-        self.stack = [
-            layers.LSTM(2 * units, return_sequences=True, name=f"lstm_{i + 1}", dtype=dtype)
-            for i in range(num_layers - 1)
-        ]
+        self.forward_lstm = LSTM(units, name="forward_lstm", dtype=dtype)
+        self.backward_lstm = LSTM(units, name="backward_lstm", dtype=dtype)
+        self.stack = [LSTM(2 * units, name=f"lstm_{i + 1}", dtype=dtype)
+                      for i in range(num_layers - 1)]
         self.dropout = layers.Dropout(dropout, dtype=dtype)
         self.supports_masking = True  # the mask is consumed here, not passed on
 
@@ -40,9 +103,19 @@ class Encoder(layers.Layer):
         return None
 
     def call(self, embedded, mask=None, training=None):
-        memory, h_fw, c_fw, h_bw, c_bw = self.bidirectional(embedded, mask=mask, training=training)
+        if mask is None:
+            lengths = ops.shape(embedded)[1] * ops.ones((ops.shape(embedded)[0],), "int32")
+        else:
+            lengths = ops.sum(ops.cast(mask, "int32"), axis=1)
+        forward, (h_fw, c_fw) = self.forward_lstm(embedded, lengths=lengths)
+
+        def reverse(x):
+            return tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0)
+
+        backward, (h_bw, c_bw) = self.backward_lstm(reverse(embedded), lengths=lengths)
+        memory = ops.concatenate([forward, reverse(backward)], -1)
         for lstm in self.stack:
-            memory = memory + lstm(self.dropout(memory, training=training), mask=mask)
+            memory = memory + lstm(self.dropout(memory, training=training))[0]
         memory = self.dropout(memory, training=training)
         return memory, ops.concatenate([h_fw, h_bw], -1), ops.concatenate([c_fw, c_bw], -1)
 

@@ -1,12 +1,12 @@
 """The sequence-to-sequence model: BiLSTM encoder, LSTM decoder, Luong-style attention.
 
-Training runs whole target sequences through fused Keras LSTM layers and scores
+Training runs whole target sequences through sequence-level LSTM layers and scores
 attention for every target position at once (attention after the decoder LSTM).
 With `input_feeding=True` the previous attentional vector is fed into the next
 step, which forces a step-by-step loop (`ops.scan`) in training as well.
 
 For search the model exposes `encode()` and `decode_step()`; `decode_step` uses
-the very weights of the fused layers (their cells), so teacher-forced logits and
+the very weights of the sequence layers (their `step`), so teacher-forced logits and
 step-by-step logits agree.
 """
 
@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from translator.layers import Attention, Bridge, Encoder
+from translator.layers import LSTM, Attention, Bridge, Encoder
 from translator.tokenizer import PAD_ID
 
 STATIC_KEYS = ("memory", "keys", "mask")  # decoder state that never changes during search
@@ -71,13 +71,14 @@ class Seq2Seq(keras.Model):
                              embeddings_initializer=init, dtype=dtype))
         self.encoder = Encoder(encoder_units, encoder_layers, dropout, name="encoder", dtype=dtype)
         self.bridge = Bridge(decoder_units, decoder_layers, name="bridge", dtype=dtype)
-        self.decoder_lstms = [
-            layers.LSTM(decoder_units, return_sequences=True, name=f"decoder_lstm_{i}", dtype=dtype)
-            for i in range(decoder_layers)
-        ]
+        attentional_dim = embedding_dim if tie_embeddings else decoder_units
+        self.decoder_lstms = [LSTM(decoder_units, name=f"decoder_lstm_{i}", dtype=dtype)
+                              for i in range(decoder_layers)]
+        first_input = embedding_dim + (attentional_dim if input_feeding else 0)
+        for i, lstm in enumerate(self.decoder_lstms):  # built here: with input feeding,
+            lstm.build((None, first_input if i == 0 else decoder_units))  # only step() runs
         self.attention = Attention(attention, decoder_units, 2 * encoder_units, name="attention",
                                    dtype=dtype)
-        attentional_dim = embedding_dim if tie_embeddings else decoder_units
         self.attentional = layers.Dense(attentional_dim, activation="tanh", name="attentional",
                                         dtype=dtype)
         self.dropout = layers.Dropout(dropout, dtype=dtype)
@@ -99,7 +100,7 @@ class Seq2Seq(keras.Model):
         else:
             hidden = embedded
             for lstm, (h, c) in zip(self.decoder_lstms, state["lstm"]):
-                hidden = lstm(hidden, initial_state=[h, c], training=training)
+                hidden = lstm(hidden, initial_state=(h, c), training=training)[0]
                 hidden = self.dropout(hidden, training=training)
             attentional, _ = self._attend(hidden, state)
         return self.logits(self.dropout(attentional, training=training))
@@ -125,7 +126,11 @@ class Seq2Seq(keras.Model):
         if not self.tie_embeddings:
             return ops.cast(self.output_proj(attentional), "float32")
         embeddings = ops.cast(self.tgt_embedding.embeddings, self.compute_dtype)
-        logits = ops.matmul(attentional, ops.transpose(embeddings))
+        # one 2-D matmul against the [vocab, att] table itself: its gradient then comes
+        # out in the table's layout, with no transpose of a vocabulary-sized matrix
+        flat = tf.reshape(attentional, [-1, ops.shape(attentional)[-1]])
+        logits = tf.matmul(flat, embeddings, transpose_b=True)
+        logits = tf.reshape(logits, tf.concat([tf.shape(attentional)[:-1], [-1]], 0))
         return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
 
     def _attend(self, hidden, state):
@@ -170,8 +175,8 @@ class Seq2Seq(keras.Model):
             x = ops.concatenate([x, state["feed"]], -1)
         new_lstm = []
         for lstm, (h, c) in zip(self.decoder_lstms, state["lstm"]):
-            x, (h, c) = lstm.cell(x, [h, c], training=training)
-            new_lstm.append((h, c))
+            x, c = lstm.step(x, (h, c))
+            new_lstm.append((x, c))
             x = self.dropout(x, training=training)
         attentional, weights = self._attend(ops.expand_dims(x, 1), state)
         attentional = ops.squeeze(attentional, 1)
@@ -196,28 +201,30 @@ def smoothed_cross_entropy(labels, logits, smoothing: float):
     (1 - smoothing on the label, smoothing spread uniformly over the vocabulary).
 
     labels int [...], logits [..., vocab] -> loss float32 [...]. Written with its own
-    gradient, softmax - target: the gradient TensorFlow derives for picking the label's
-    log-probability (a gather) is a scatter into a dense batch x length x vocabulary
-    tensor, which took 40% of a training step on CPU.
+    gradient, softmax - target, in three passes over the logits: TensorFlow's derived
+    gradient for picking the label's log-probability is a scatter into a dense
+    batch x length x vocabulary tensor, which took 40% of a training step on CPU.
     """
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
+    shape = tf.shape(labels)
     vocab = tf.shape(logits)[-1]
-
-    def target():  # [..., vocab]: the smoothed one-hot distribution
-        return ((1.0 - smoothing) * tf.one_hot(labels, vocab, dtype=tf.float32)
-                + smoothing / tf.cast(vocab, tf.float32))
+    flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    rows = tf.range(tf.size(flat_labels))
+    at_labels = tf.stack([rows, flat_labels], 1)
 
     @tf.custom_gradient
     def loss_of(z):
-        log_norm = tf.reduce_logsumexp(z, -1)
-        label_logit = tf.gather(z, labels, batch_dims=labels.shape.rank)
-        loss = log_norm - (1.0 - smoothing) * label_logit - smoothing * tf.reduce_mean(z, -1)
+        log_probs = tf.nn.log_softmax(z)
+        loss = (-(1.0 - smoothing) * tf.gather_nd(log_probs, at_labels)
+                - smoothing * tf.reduce_mean(log_probs, -1))
 
         def grad(upstream):
-            return (tf.exp(z - log_norm[..., None]) - target()) * upstream[..., None]
+            spread = upstream * (smoothing / tf.cast(vocab, tf.float32))
+            g = tf.exp(log_probs) * upstream[:, None] - spread[:, None]
+            return tf.tensor_scatter_nd_sub(g, at_labels, (1.0 - smoothing) * upstream)
         return loss, grad
-    return loss_of(logits)
+
+    flat = loss_of(tf.reshape(tf.cast(logits, tf.float32), [-1, vocab]))
+    return tf.reshape(flat, shape)
 
 
 @keras.saving.register_keras_serializable(package="translator")
