@@ -188,16 +188,17 @@ def eager_beam(model, source: Any, limits: Any, beam: int, alpha: float) -> list
 
     The encoder state is repeated beam times once; each step the decoder LSTM state rows
     are reordered to their parents (the memory, keys and mask are the same for every row
-    of a sentence, so they need no reordering).
+    of a sentence, so they need no reordering; the decoder's weights are shared by all).
     """
     import numpy as np
     import tensorflow as tf
 
-    from translator.model import STATIC_KEYS
+    from translator.model import SHARED_KEYS, STATIC_KEYS
     from translator.tokenizer import BOS_ID, PAD_ID
 
     _, _, state = model.encode(tf.constant(source), training=False)
-    state = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), state)
+    state = {k: v if k in SHARED_KEYS else tf.nest.map_structure(
+        lambda x: tf.repeat(x, beam, axis=0), v) for k, v in state.items()}
     sentences = [Sentence(beam, limit) for limit in limits]
     tokens = np.full(len(source) * beam, BOS_ID, np.int32)
     t = 0
@@ -216,7 +217,7 @@ def eager_beam(model, source: Any, limits: Any, beam: int, alpha: float) -> list
             rows[b * beam:(b + 1) * beam] = [b * beam + p for p in parents + [0] * missing]
             tokens[b * beam:(b + 1) * beam] = new + [PAD_ID] * missing
         reorder = tf.constant(rows)
-        state = {k: v if k in STATIC_KEYS else tf.nest.map_structure(
+        state = {k: v if k in STATIC_KEYS + SHARED_KEYS else tf.nest.map_structure(
             lambda x: tf.gather(x, reorder), v) for k, v in state.items()}
         t += 1
     return [s.best[1] for s in sentences]

@@ -7,6 +7,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from translator.model import MaskedCrossEntropy, Seq2Seq
 
@@ -81,6 +82,15 @@ def test_keys_are_projected_once_per_sentence_in_the_state():
     _, _, state = model.encode(batch()["source"])
     _, new_state, _ = model.decode_step(np.array([2, 2], "int32"), state)
     assert new_state["keys"] is state["keys"] and new_state["memory"] is state["memory"]
+
+
+def test_step_weights_are_cast_once_and_passed_along_unchanged():
+    model = make_model(dtype="mixed_bfloat16")
+    _, _, state = model.encode(batch()["source"])
+    _, new_state, _ = model.decode_step(np.array([2, 2], "int32"), state)
+    assert new_state["weights"] is state["weights"]
+    leaves = tf.nest.flatten(state["weights"])
+    assert leaves and all(leaf.dtype == "bfloat16" for leaf in leaves)
 
 
 @pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from translator.recurrence import lstm_sequence, lstm_step
+from translator.recurrence import lstm_cell, lstm_sequence
 
 NEG_INF = -1e9  # added to attention scores at padded source positions
 
@@ -68,9 +68,17 @@ class LSTM(layers.Layer):
         ends = ops.stack([last, ops.arange(ops.shape(inputs)[0], dtype="int32")], 1)
         return ops.transpose(hs, (1, 0, 2)), (tf.gather_nd(hs, ends), tf.gather_nd(cs, ends))
 
-    def step(self, inputs, state):
+    def step_weights(self):
+        """(kernel stacked over recurrent_kernel [in + units, 4*units], bias), in the compute
+        dtype: what `step` reads. A search computes it once, not once per step."""
         kernel, recurrent_kernel, bias = self._weights()
-        return lstm_step(ops.matmul(inputs, kernel) + bias, *state, recurrent_kernel)
+        return ops.concatenate([kernel, recurrent_kernel], 0), bias
+
+    def step(self, inputs, state, weights=None):
+        """inputs [batch, in], state (h, c) -> (h, c); one matmul over [inputs, h]."""
+        stacked, bias = self.step_weights() if weights is None else weights
+        h, c = state
+        return lstm_cell(ops.matmul(ops.concatenate([inputs, h], -1), stacked) + bias, c)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units}

@@ -17,18 +17,19 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def _gates(z, c, units: int):
-    """z [batch, 4*units] pre-activations -> (i, f, g, o) activations and the new c, h."""
+def _gates(z, c):
+    """z [batch, 4*units] pre-activations, c [batch, units] -> the activations
+    (i, f, g, o), the new c and the new h."""
     i, f, g, o = tf.split(z, 4, axis=-1)
     i, f, o, g = tf.sigmoid(i), tf.sigmoid(f), tf.sigmoid(o), tf.tanh(g)
     c = f * c + i * g
     return (i, f, g, o), c, o * tf.tanh(c)
 
 
-def lstm_step(xw, h, c, recurrent_kernel):
-    """One step: xw [batch, 4*units] (x @ W + b), h and c [batch, units] -> (h, c)."""
-    units = recurrent_kernel.shape[0]
-    _, c, h = _gates(xw + tf.matmul(h, recurrent_kernel), c, units)
+def lstm_cell(z, c):
+    """One step from its pre-activations z = x @ W + h @ U + b [batch, 4*units] and the
+    previous c [batch, units] -> (h, c)."""
+    _, c, h = _gates(z, c)
     return h, c
 
 
@@ -40,13 +41,11 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel):
     Returns every step's h and c, each [time, batch, units] (time-major). Padded steps
     are computed like any other: callers read final states where each sequence ends.
     """
-    units = recurrent_kernel.shape[0]
-
     @tf.custom_gradient
     def run(xw, h0, c0, kernel):
         def forward(carry, xw_t):
             h, c_before, _ = carry
-            gates, c, h = _gates(xw_t + tf.matmul(h, kernel), c_before, units)
+            gates, c, h = _gates(xw_t + tf.matmul(h, kernel), c_before)
             # what the backward step needs, in one tensor: gates, tanh(c), c_{t-1}
             return h, c, tf.concat([*gates, tf.tanh(c), c_before], -1)
 

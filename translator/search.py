@@ -84,8 +84,13 @@ def _as_max_lengths(max_lengths: tf.Tensor) -> tf.Tensor:
 
 def _call_step(
     step_fn: StepFn, tokens: tf.Tensor, state: State, return_attention: bool
-) -> tuple[tf.Tensor, State, tf.Tensor | None]:
-    """Returns log-probs [N, vocab], new state, attention [N, src_len] or None."""
+) -> tuple[tf.Tensor, tf.Tensor, State, tf.Tensor | None]:
+    """Returns logits [N, vocab] (float32), their log-normaliser [N] (log-probs are
+    logits - normaliser), the new state, attention [N, src_len] or None.
+
+    The full log-softmax is never written out: the searches only need the log-probs of
+    the few tokens they pick, and the top tokens by logit are the top tokens by log-prob.
+    """
     outputs = step_fn(tokens, state)
     expected = 3 if return_attention else 2
     if not isinstance(outputs, (tuple, list)) or len(outputs) != expected:
@@ -98,9 +103,9 @@ def _call_step(
     new_state = tf.nest.map_structure(
         lambda new, old: tf.ensure_shape(new, old.shape), outputs[1], state
     )
-    log_probs = tf.nn.log_softmax(tf.cast(outputs[0], tf.float32), axis=-1)
+    logits = tf.cast(outputs[0], tf.float32)
     attention = tf.cast(outputs[2], tf.float32) if return_attention else None
-    return log_probs, new_state, attention
+    return logits, tf.reduce_logsumexp(logits, axis=-1), new_state, attention
 
 
 def _array(dtype: tf.DType) -> tf.TensorArray:
@@ -135,10 +140,11 @@ def greedy_search(
         return tf.logical_not(tf.reduce_all(finished))
 
     def body(t, prev, state, finished, lengths, scores, out, att) -> tuple:
-        log_probs, state, attention = _call_step(step_fn, prev, state, return_attention)
-        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        logits, log_norm, state, attention = _call_step(step_fn, prev, state, return_attention)
+        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
         emit = tf.logical_not(finished) & (best != eos_id)
-        scores += tf.where(finished, 0.0, tf.gather(log_probs, best, batch_dims=1))
+        log_prob = tf.gather(logits, best, batch_dims=1) - log_norm
+        scores += tf.where(finished, 0.0, log_prob)
         lengths += tf.cast(emit, tf.int32)
         finished = finished | (best == eos_id) | (lengths >= max_lengths)
         token = tf.where(emit, best, PAD_ID)
@@ -166,17 +172,29 @@ def greedy_search(
     )
 
 
-def _top_candidates(total: tf.Tensor, beam_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """total [batch, beam, vocab] -> log-probs, parent rows, tokens, each [batch, C], best first.
+def _top_candidates(
+    alive: tf.Tensor, logits: tf.Tensor, log_norm: tf.Tensor, beam_size: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The best expansions of the beams, by total log-prob.
 
-    C = min(2 * beam, beam * vocab): enough that beam of them are not EOS.
-    Parent rows index [0, batch * beam).
+    alive [batch, beam] log-probs so far; logits [batch * beam, vocab] and log_norm
+    [batch * beam] of the next token. Returns log-probs, parent rows and tokens, each
+    [batch, C], best first, C = min(2 * beam, beam * vocab): enough that beam of them are
+    not EOS. Parent rows index [0, batch * beam).
+
+    A row's own best C tokens hold every candidate it can contribute (its prefix score
+    is the same for all of them), so the search ranks beam * C totals, not beam * vocab.
     """
-    batch, vocab = tf.shape(total)[0], tf.shape(total)[2]
+    batch, vocab = tf.shape(alive)[0], tf.shape(logits)[1]
     count = tf.minimum(2 * beam_size, beam_size * vocab)
+    per_row = tf.minimum(count, vocab)
+    row_logits, row_tokens = tf.math.top_k(logits, k=per_row)
+    total = alive[:, :, None] + tf.reshape(row_logits - log_norm[:, None],
+                                           [batch, beam_size, per_row])
     log_probs, index = tf.math.top_k(tf.reshape(total, [batch, -1]), k=count)
-    rows = index // vocab + beam_size * tf.range(batch)[:, None]
-    return log_probs, rows, index % vocab
+    rows = index // per_row + beam_size * tf.range(batch)[:, None]
+    tokens = tf.gather(tf.reshape(row_tokens, [batch, -1]), index, batch_dims=1)
+    return log_probs, rows, tokens
 
 
 def _add_finished(
@@ -304,9 +322,8 @@ def beam_search(
         return tf.logical_not(tf.reduce_all(done))
 
     def body(t, prev, state, alive, done, finished, out, parents, att) -> tuple:
-        log_probs, state, attention = _call_step(step_fn, prev, state, return_attention)
-        total = alive[:, :, None] + tf.reshape(log_probs, [batch, beam_size, -1])
-        cand = _top_candidates(total, beam_size)
+        logits, log_norm, state, attention = _call_step(step_fn, prev, state, return_attention)
+        cand = _top_candidates(alive, logits, log_norm, beam_size)
         ends = (cand[2] == eos_id) | (t + 1 >= max_lengths)[:, None]
         # Only the best beam_size candidates may finish (as in fairseq): beam 1 == greedy.
         eligible = ends & (tf.range(tf.shape(ends)[1]) < beam_size)

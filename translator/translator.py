@@ -17,7 +17,7 @@ import tensorflow as tf
 from translator import search
 from translator import config as config_lib
 from translator.config import Config, DecodingConfig
-from translator.model import STATIC_KEYS, Seq2Seq
+from translator.model import SHARED_KEYS, STATIC_KEYS, Seq2Seq
 from translator.pipeline import encode_sources, pad
 from translator.tokenizer import Tokenizer
 
@@ -232,9 +232,10 @@ class Translator:
         """Encodes once, tiles the memory once for the beam, then runs the search loop."""
         _, _, state = self.model.encode(source, training=False)
         static = {k: state[k] for k in STATIC_KEYS}
-        dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS}
+        dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
         if beam > 1:
             static = {k: search.tile_beams(v, beam) for k, v in static.items()}
+        static.update((k, state[k]) for k in SHARED_KEYS)
 
         def step(tokens, carry):
             logits, new_state, weights = self.model.decode_step(tokens, {**carry, **static})
