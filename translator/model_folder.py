@@ -70,6 +70,11 @@ def load_weights(path: Path) -> Seq2Seq:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises many kinds for a damaged archive
+        if "could not be loaded" in str(err):  # an archive whose layers do not match ours
+            first = str(err).strip().splitlines()[0]
+            raise ModelFolderError(
+                f"{path} does not match this version's layers (folders trained before "
+                f"2026-11-26 used Keras' own LSTM layers): retrain the model ({first})") from None
         raise ModelFolderError(f"{path} is corrupt or not a translator model: {err}") from None
     if not isinstance(model, Seq2Seq):
         raise ModelFolderError(f"{path} holds a {type(model).__name__}, not a translator model")
