@@ -312,3 +312,22 @@ def test_invalid_arguments_raise():
         greedy_search(step, state, lengths, return_attention=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_lengths"):
         greedy_search(step, state, tf.constant([0]))
+
+
+@pytest.mark.parametrize("n,k", [(8000, 10), (300, 10), (129, 4), (50, 10), (7, 7), (1, 1)])
+def test_chunked_top_k_equals_top_k(n, k):
+    """The beam's two-pass top-k (chunk maxima, then the best chunks) against
+    tf.math.top_k, on random rows with repeated values and a row of -inf."""
+    from translator.search import _row_top_k
+
+    rng = np.random.default_rng(n)
+    values = np.round(rng.normal(size=(6, n)), 1).astype("float32")  # many ties
+    values[5] = -np.inf
+    got_values, got_ids = _row_top_k(tf.constant(values), tf.constant(k))
+    want_values, _ = tf.math.top_k(tf.constant(values), k=k)
+    np.testing.assert_array_equal(got_values.numpy(), want_values.numpy())
+    ids = got_ids.numpy()
+    assert ((ids >= 0) & (ids < n)).all()
+    np.testing.assert_array_equal(np.take_along_axis(values, ids, 1), want_values.numpy())
+    for row in range(5):  # distinct positions
+        assert len(set(ids[row])) == k
