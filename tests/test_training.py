@@ -207,9 +207,16 @@ def test_rerunning_a_finished_run_says_so_and_trains_no_more(tiny_model, tiny_co
     assert result.state.global_step == before
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C's default action back. A shell starts background jobs (`&`)
+    with SIGINT ignored, and Python then never raises KeyboardInterrupt: without this
+    the test fails whenever the suite itself runs in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
     folder = tmp_path / "m"
-    process = cli_train(folder)
+    process = cli_train(folder, preexec_fn=default_sigint)
     state_file = folder / "checkpoint" / "state.json"
     wait_for_checkpoint(process, state_file, step=4)
     process.send_signal(signal.SIGINT)
