@@ -176,8 +176,8 @@ def test_overrides_parse_yaml_values():
 
 def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     # PyYAML's safe_load reads "1e-3" as a string; a config must not.
-    loaded = config.load(overrides=["training.learning_rate=1e-3", "data.max_ratio=2E1"])
-    assert loaded.training.learning_rate == 0.001
+    loaded = config.load(overrides=["training.learning_rate=2e-3", "data.max_ratio=2E1"])
+    assert loaded.training.learning_rate == 0.002
     assert loaded.data.max_ratio == 20.0
     path = tmp_path / "run.yaml"
     path.write_text("training:\n  learning_rate: 5e-4\n", encoding="utf-8")
