@@ -3,7 +3,7 @@
 Training runs whole target sequences through sequence-level LSTM layers and scores
 attention for every target position at once (attention after the decoder LSTM).
 With `input_feeding=True` the previous attentional vector is fed into the next
-step, which forces a step-by-step loop (`ops.scan`) in training as well.
+step, which forces a step-by-step loop (`tf.scan`) in training as well.
 
 For search the model exposes `encode()` and `decode_step()`; `decode_step` uses
 the very weights of the sequence layers (their `step`), so teacher-forced logits and
