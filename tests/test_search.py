@@ -277,6 +277,48 @@ def test_attention_returned_with_expected_shape_and_follows_beams():
     assert plain.attention is None
 
 
+def _sentence_table_step(table: np.ndarray, rows_seen: list[int] | None = None):
+    """As _table_step(table, True, HISTORY), but the sentence id comes from sentence_state
+    (one row per sentence, read by its beam's rows); records each step's row count."""
+    step = _table_step(table, with_attention=True, history=HISTORY)
+
+    def sentence_step(tokens: tf.Tensor, state: dict, sentences: dict) -> tuple:
+        if rows_seen is not None:
+            rows_seen.append(int(tokens.shape[0]))  # eager: once per step
+        beam = tf.shape(tokens)[0] // tf.shape(sentences["sentence"])[0]
+        logits, new_state, signature = step(
+            tokens, {**state, "sentence": tf.repeat(sentences["sentence"], beam)})
+        new_state = {k: v for k, v in new_state.items() if k != "sentence"}
+        return logits, new_state, signature
+
+    return sentence_step
+
+
+def test_sentence_state_is_one_row_per_sentence_and_gives_the_same_results():
+    table, max_lengths = _random_table(3, seed=6), tf.constant([3, 7, 5])
+    searches = (greedy_search, functools.partial(beam_search, beam_size=3, nbest=2))
+    for search in searches:
+        plain = search(_table_step(table, with_attention=True, history=HISTORY),
+                       _state([0, 1, 2]), max_lengths, return_attention=True)
+        state = {k: v for k, v in _state([2, 0, 1]).items() if k != "sentence"}
+        split = search(_sentence_table_step(table), state, max_lengths, return_attention=True,
+                       sentence_state={"sentence": tf.constant([0, 1, 2])})
+        for s in range(3):
+            _assert_same_sentence(plain, s, split, s)
+
+
+def test_finished_sentences_leave_the_loop():
+    table = np.tile(_logits({A: 0.6, B: 0.4, EOS_ID: 1e-9}), (2, STEPS, VOCAB, 1))
+    state = {k: v for k, v in _state([0, 0]).items() if k != "sentence"}
+    sentences = {"sentence": tf.constant([0, 1])}
+    for search, beam in ((greedy_search, 1), (functools.partial(beam_search, beam_size=3), 3)):
+        rows: list[int] = []
+        result = search(_sentence_table_step(table, rows), state, tf.constant([2, 5]),
+                        sentence_state=sentences, return_attention=True)
+        assert rows == [2 * beam] * 2 + [beam] * 3  # sentence 0 stops after its 2 tokens
+        np.testing.assert_array_equal(result.lengths.numpy()[:, 0], [2, 5])
+
+
 def test_runs_inside_tf_function():
     table, max_lengths = _random_table(3, seed=5), tf.constant([4, 6, 2])
     step = _table_step(table, with_attention=True, history=HISTORY)
@@ -314,7 +356,8 @@ def test_invalid_arguments_raise():
         greedy_search(step, state, tf.constant([0]))
 
 
-@pytest.mark.parametrize("n,k", [(8000, 10), (300, 10), (129, 4), (50, 10), (7, 7), (1, 1)])
+@pytest.mark.parametrize(
+    "n,k", [(8000, 10), (7919, 10), (300, 10), (129, 4), (97, 5), (50, 10), (7, 7), (1, 1)])
 def test_chunked_top_k_equals_top_k(n, k):
     """The beam's two-pass top-k (chunk maxima, then the best chunks) against
     tf.math.top_k, on random rows with repeated values and a row of -inf."""

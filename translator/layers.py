@@ -34,6 +34,7 @@ class LSTM(layers.Layer):
     sequence ends (at lengths - 1; the last step without lengths). Outputs past a
     sequence's end are not zeroed: callers mask them.
     step(inputs [batch, in], (h, c)) is one step, for search and input feeding.
+    h is in the compute dtype, c always float32 (see translator.recurrence).
 
     Gates and weights are laid out as in Keras' LSTMCell (kernel, recurrent_kernel, bias;
     glorot-uniform, orthogonal, forget-gate bias 1).
@@ -136,7 +137,8 @@ class Encoder(layers.Layer):
 class Bridge(layers.Layer):
     """Maps the encoder's final (h, c) [batch, enc] to each decoder layer's initial (h, c).
 
-    Returns a list of num_layers pairs (h, c), each [batch, units].
+    Returns a list of num_layers pairs (h, c), each [batch, units]; c in float32, as the
+    LSTMs carry it (see translator.recurrence).
     """
 
     def __init__(self, units: int, num_layers: int = 1, **kwargs) -> None:
@@ -148,7 +150,7 @@ class Bridge(layers.Layer):
 
     def call(self, h, c):
         hs = ops.split(self.to_h(h), self.num_layers, axis=-1)
-        cs = ops.split(self.to_c(c), self.num_layers, axis=-1)
+        cs = ops.split(ops.cast(self.to_c(c), "float32"), self.num_layers, axis=-1)
         return [(hs[i], cs[i]) for i in range(self.num_layers)]
 
     def get_config(self) -> dict:
@@ -163,6 +165,8 @@ class Attention(layers.Layer):
     then scores any number of decoder positions at once:
     query [batch, tgt_len, dec], keys [batch, src_len, k], memory [batch, src_len, mem],
     mask [batch, src_len] -> context [batch, tgt_len, mem], weights [batch, tgt_len, src_len].
+    keys, memory and mask may instead have batch / g rows, each read by g consecutive
+    query rows (see call).
     """
 
     KINDS = ("dot", "general", "additive")
@@ -187,6 +191,12 @@ class Attention(layers.Layer):
         return memory if self.kind == "dot" else self.key_proj(memory)
 
     def call(self, query, keys, memory, mask=None):
+        # The memory may hold one row per group of query rows (a beam search's hypotheses
+        # of one sentence: query rows b * k .. b * k + k - 1 read memory row b); the
+        # group's queries are then scored together, one matmul per sentence, and the
+        # memory is never copied per hypothesis.
+        rows, length = ops.shape(query)[0], ops.shape(query)[1]
+        query = ops.reshape(query, (ops.shape(keys)[0], -1, query.shape[-1]))
         if self.kind == "additive":
             hidden = ops.tanh(ops.expand_dims(keys, 1) + ops.expand_dims(self.query_proj(query), 2))
             scores = ops.squeeze(self.score(hidden), -1)
@@ -195,7 +205,9 @@ class Attention(layers.Layer):
         if mask is not None:
             scores = ops.where(ops.expand_dims(mask, 1), scores, ops.cast(NEG_INF, scores.dtype))
         weights = ops.softmax(scores, axis=-1)
-        return ops.matmul(weights, memory), weights
+        context = ops.matmul(weights, memory)
+        return (ops.reshape(context, (rows, length, memory.shape[-1])),
+                ops.reshape(weights, (rows, length, ops.shape(keys)[1])))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "kind": self.kind, "query_dim": self.query_dim,

@@ -2,8 +2,15 @@
 
 ``step_fn(tokens [N], state) -> (logits [N, vocab], new_state)``, or with a third
 output ``attention [N, src_len]`` when ``return_attention=True``. Every state leaf
-has leading dimension N. Both searches run the whole batch in one ``tf.while_loop``,
-eagerly or inside a ``tf.function``.
+has leading dimension N. With ``sentence_state`` (leaves [batch, ...]: what a sentence
+reads at every step and never changes, e.g. the encoder memory) the search calls
+``step_fn(tokens, state, sentence_state)``, one sentence_state row per sentence for its
+beam_size consecutive rows of tokens and state. Both searches run the whole batch in one
+``tf.while_loop``, eagerly or inside a ``tf.function``.
+
+A sentence leaves the loop as soon as it is done: the next step runs only the rows of
+the sentences still being searched (N shrinks), so a batch costs the sum of its
+sentences' steps rather than its longest sentence's steps times the batch.
 
 * ``max_lengths`` int32 [batch] (each >= 1) bounds the tokens a sentence may produce,
   EOS not counted. A hypothesis that has produced that many tokens is finished
@@ -15,9 +22,9 @@ eagerly or inside a ``tf.function``.
   EOS is dropped and rows after the end are zero.
 
 Beam search stores back-pointers (parent row and token per step) rather than copying
-each hypothesis every step, and rebuilds the n-best once at the end. Tensors that
-``step_fn`` captures (e.g. encoder memory) are tiled once by the caller with
-``tile_beams``; only the state leaves are reordered with ``tf.gather`` each step.
+each hypothesis every step, and rebuilds the n-best once at the end. Only the state
+leaves are reordered with ``tf.gather`` each step; sentence_state is neither tiled nor
+reordered, only cut to the sentences left when one is done.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ State = Any  # nested dict / tuple / list of tensors, each with leading dimensio
 StepFn = Callable[[tf.Tensor, State], tuple]
 
 _NEG_INF = float("-inf")
-_CHUNK = 128  # values per chunk in _row_top_k
+_CHUNK = 48  # values per chunk in _row_top_k (about: see _chunk_size)
 _CEIL_TOLERANCE = 1e-6  # ratio * length + offset computed as 11.000000000000002 must give 11
 
 
@@ -84,7 +91,11 @@ def _as_max_lengths(max_lengths: tf.Tensor) -> tf.Tensor:
 
 
 def _call_step(
-    step_fn: StepFn, tokens: tf.Tensor, state: State, return_attention: bool
+    step_fn: StepFn,
+    tokens: tf.Tensor,
+    state: State,
+    sentence_state: State | None,
+    return_attention: bool,
 ) -> tuple[tf.Tensor, State, tf.Tensor | None]:
     """Returns logits [N, vocab] (float32), the new state, attention [N, src_len] or None.
 
@@ -92,7 +103,10 @@ def _call_step(
     tokens they pick (logit - log-normaliser, see _log_norm), and the top tokens by
     logit are the top tokens by log-prob.
     """
-    outputs = step_fn(tokens, state)
+    if sentence_state is None:
+        outputs = step_fn(tokens, state)
+    else:
+        outputs = step_fn(tokens, state, sentence_state)
     expected = 3 if return_attention else 2
     if not isinstance(outputs, (tuple, list)) or len(outputs) != expected:
         got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
@@ -108,28 +122,79 @@ def _call_step(
     return tf.cast(outputs[0], tf.float32), new_state, attention
 
 
+def _any_rows(x: tf.Tensor) -> tf.TensorShape:
+    """x's shape with the leading (row) dimension left open: rows leave the loop."""
+    return tf.TensorShape([None]).concatenate(x.shape[1:])
+
+
+def _take_rows(nest: State | None, index: tf.Tensor) -> State | None:
+    """The rows `index` [M] of every leaf; skips the copy when index keeps every row."""
+    if nest is None:
+        return None
+    leaves = tf.nest.flatten(nest)
+    if not leaves:
+        return nest
+    everything = tf.equal(tf.size(index), tf.shape(leaves[0])[0])
+    return tf.cond(
+        everything,
+        lambda: nest,
+        lambda: tf.nest.map_structure(lambda x: tf.gather(x, index), nest),
+    )
+
+
+def _loop(cond: Callable, body: Callable, shrinking: tuple, fixed: tuple) -> tuple:
+    """tf.while_loop over (step, *shrinking, *fixed): shrinking's leaves lose rows as
+    sentences finish; fixed keeps its shapes."""
+    loop_vars = (tf.constant(0), *shrinking, *fixed)
+    invariants = (tf.TensorShape([]), *tf.nest.map_structure(_any_rows, shrinking),
+                  *tf.nest.map_structure(_fixed_shape, fixed))
+    return tf.while_loop(cond, body, loop_vars, shape_invariants=invariants)
+
+
+def _fixed_shape(x: tf.Tensor | tf.TensorArray) -> tf.TensorShape:
+    return x.element_shape if isinstance(x, tf.TensorArray) else x.shape
+
+
+def _widen(x: tf.Tensor, width: tf.Tensor, fill: int | float = 0) -> tf.Tensor:
+    """Pads x's leading dimension to width rows of fill: history arrays keep one shape."""
+    pad = tf.concat([[[0, width - tf.shape(x)[0]]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], 0)
+    return tf.pad(x, pad, constant_values=fill)
+
+
 def _log_norm(logits: tf.Tensor, row_max: tf.Tensor) -> tf.Tensor:
     """log(sum(exp(logits))) per row [N], given each row's maximum [N]."""
     shift = tf.where(tf.math.is_finite(row_max), row_max, 0.0)
     return shift + tf.math.log(tf.reduce_sum(tf.exp(logits - shift[:, None]), axis=-1))
 
 
+def _chunk_size(n: int | None) -> int:
+    """Chunk length for _row_top_k: a divisor of n near _CHUNK (no padding copy), else _CHUNK."""
+    if n is not None:
+        for size in sorted(range(_CHUNK - 16, _CHUNK + 17), key=lambda c: (abs(c - _CHUNK), c)):
+            if n % size == 0:
+                return size
+    return _CHUNK
+
+
 def _row_top_k(values: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact top-k of each row of values [N, n] (k <= n): values and indices [N, k].
 
     TensorFlow's CPU top-k reads a vocabulary-wide row slowly (6 ms for 320 rows of
-    8,000). Here it runs on short rows: the maxima of chunks of _CHUNK values, then only
-    the k chunks with the largest maxima, which hold every top-k value (a value outside
-    them would be beaten by k chunk maxima).
+    8,000). Here it runs on short rows: the maxima of chunks of about _CHUNK values, then
+    only the k chunks with the largest maxima, which hold every top-k value (a value
+    outside them would be beaten by k chunk maxima). Chunks of ~48 beat longer ones
+    (a second top-k over k long chunks costs more than the first over more maxima).
     """
+    size = _chunk_size(values.shape[1])
     rows, n = tf.shape(values)[0], tf.shape(values)[1]
-    chunks = (n + _CHUNK - 1) // _CHUNK
-    padded = tf.pad(values, [[0, 0], [0, chunks * _CHUNK - n]], constant_values=_NEG_INF)
-    blocks = tf.reshape(padded, [rows, chunks, _CHUNK])
+    chunks = (n + size - 1) // size
+    if values.shape[1] is None or values.shape[1] % size:
+        values = tf.pad(values, [[0, 0], [0, chunks * size - n]], constant_values=_NEG_INF)
+    blocks = tf.reshape(values, [rows, chunks, size])
     _, best = tf.math.top_k(tf.reduce_max(blocks, axis=-1), k=tf.minimum(k, chunks))
     picked = tf.reshape(tf.gather(blocks, best, batch_dims=1), [rows, -1])
     top, index = tf.math.top_k(picked, k=k)
-    ids = tf.gather(best, index // _CHUNK, batch_dims=1) * _CHUNK + index % _CHUNK
+    ids = tf.gather(best, index // size, batch_dims=1) * size + index % size
     return top, tf.minimum(ids, n - 1)  # a padding slot only wins among -inf ties
 
 
@@ -152,43 +217,49 @@ def greedy_search(
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     return_attention: bool = False,
+    sentence_state: State | None = None,
 ) -> SearchResult:
     """Takes the most likely token each step; returns a SearchResult with nbest = 1.
 
-    initial_state leaves are [batch, ...]; max_lengths int32 [batch].
+    initial_state and sentence_state leaves are [batch, ...]; max_lengths int32 [batch].
     Scores are sums of log-probs (EOS included when produced).
     """
     max_lengths = _as_max_lengths(max_lengths)
     batch = tf.shape(max_lengths)[0]
 
-    def cond(t, prev, state, finished, lengths, scores, out, att) -> tf.Tensor:
-        return tf.logical_not(tf.reduce_all(finished))
+    def cond(t, active, prev, state, sentences, lengths, scores, out, att) -> tf.Tensor:
+        return tf.size(active) > 0
 
-    def body(t, prev, state, finished, lengths, scores, out, att) -> tuple:
-        logits, state, attention = _call_step(step_fn, prev, state, return_attention)
+    def body(t, active, prev, state, sentences, lengths, scores, out, att) -> tuple:
+        # active [A]: the sentences still searched, one row each in prev, state, sentences
+        logits, state, attention = _call_step(
+            step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
         best = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        emit = tf.logical_not(finished) & (best != eos_id)
         best_logit = tf.gather(logits, best, batch_dims=1)
-        log_prob = best_logit - _log_norm(logits, best_logit)
-        scores += tf.where(finished, 0.0, log_prob)
-        lengths += tf.cast(emit, tf.int32)
-        finished = finished | (best == eos_id) | (lengths >= max_lengths)
+        emit = best != eos_id
+        at = active[:, None]
+        length = tf.gather(lengths, active) + tf.cast(emit, tf.int32)
+        lengths = tf.tensor_scatter_nd_update(lengths, at, length)
+        scores = tf.tensor_scatter_nd_add(scores, at, best_logit - _log_norm(logits, best_logit))
         token = tf.where(emit, best, PAD_ID)
+        out = out.write(t, tf.tensor_scatter_nd_update(tf.fill([batch], PAD_ID), at, token))
         if return_attention:
-            att = att.write(t, tf.where(emit[:, None], attention, 0.0))
-        return t + 1, token, state, finished, lengths, scores, out.write(t, token), att
+            rows = tf.where(emit[:, None], attention, 0.0)
+            att = att.write(t, tf.scatter_nd(at, rows, [batch, tf.shape(rows)[1]]))
+        going = tf.reshape(tf.where(emit & (length < tf.gather(max_lengths, active))), [-1])
+        state, sentences = _take_rows((state, sentences), going)
+        return (t + 1, tf.gather(active, going), tf.gather(token, going), state, sentences,
+                lengths, scores, out, att)
 
-    loop_vars = (
-        tf.constant(0),
+    shrinking = (
+        tf.range(batch),
         tf.fill([batch], bos_id),
         initial_state,
-        tf.zeros([batch], tf.bool),
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch]),
-        _array(tf.int32),
-        _array(tf.float32),
+        () if sentence_state is None else sentence_state,
     )
-    _, _, _, _, lengths, scores, out, att = tf.while_loop(cond, body, loop_vars)
+    fixed = (tf.zeros([batch], tf.int32), tf.zeros([batch]), _array(tf.int32), _array(tf.float32))
+    outputs = _loop(cond, body, shrinking, fixed)
+    lengths, scores, out, att = outputs[5:]
     keep = tf.reduce_max(lengths)
     return SearchResult(
         tokens=_time_to_batch(out.stack(), keep)[:, None],
@@ -229,12 +300,8 @@ def _add_finished(
     ends: tf.Tensor,
     step: tf.Tensor,
     penalty: tf.Tensor,
-    done: tf.Tensor,
 ) -> _Finished:
-    """Merges candidates [batch, C] flagged by ends [batch, C] into the kept n-best.
-
-    Sentences marked done [batch] keep their n-best unchanged.
-    """
+    """Merges candidates [batch, C] flagged by ends [batch, C] into the kept n-best."""
     log_probs, rows, tokens = cand
     new_scores = tf.where(ends, log_probs / penalty, _NEG_INF)
     merged = _Finished(
@@ -244,10 +311,7 @@ def _add_finished(
         tf.concat([finished.last, tokens], axis=1),
     )
     best, index = tf.math.top_k(merged.scores, k=finished.scores.shape[1])
-    picked = _Finished(best, *(tf.gather(x, index, batch_dims=1) for x in merged[1:]))
-    return tf.nest.map_structure(
-        lambda old, new: tf.where(done[:, None], old, new), finished, picked
-    )
+    return _Finished(best, *(tf.gather(x, index, batch_dims=1) for x in merged[1:]))
 
 
 def _next_alive(
@@ -333,53 +397,69 @@ def beam_search(
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     return_attention: bool = False,
+    sentence_state: State | None = None,
 ) -> SearchResult:
     """Beam search with GNMT length penalty; returns the nbest best per sentence, best first.
 
-    initial_state leaves are [batch, ...] (tiled here to [batch * beam, ...]);
-    max_lengths int32 [batch]. step_fn sees N = batch * beam_size rows.
+    initial_state leaves are [batch, ...] (tiled here to [batch * beam, ...]),
+    sentence_state leaves [batch, ...] (not tiled); max_lengths int32 [batch].
+    step_fn sees N = sentences left * beam_size rows.
     """
     _check_beam_arguments(beam_size, nbest)
     max_lengths = _as_max_lengths(max_lengths)
     batch = tf.shape(max_lengths)[0]
+    width = batch * beam_size  # rows of the history arrays: the most a step can have
     final_penalty = _length_penalty(max_lengths, length_penalty)  # [batch], the longest case
 
-    def cond(t, prev, state, alive, done, finished, out, parents, att) -> tf.Tensor:
-        return tf.logical_not(tf.reduce_all(done))
+    def cond(t, active, prev, state, sentences, alive, finished, out, parents, att):
+        return tf.size(active) > 0
 
-    def body(t, prev, state, alive, done, finished, out, parents, att) -> tuple:
-        logits, state, attention = _call_step(step_fn, prev, state, return_attention)
+    def body(t, active, prev, state, sentences, alive, finished, out, parents, att) -> tuple:
+        # active [A]: the sentences still searched; alive [A, beam]; prev and state have
+        # the A * beam rows b * beam + j (sentence b, hypothesis j), sentences A rows
+        logits, state, attention = _call_step(
+            step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
+        limit = tf.gather(max_lengths, active)
         cand = _top_candidates(alive, logits, beam_size)
-        ends = (cand[2] == eos_id) | (t + 1 >= max_lengths)[:, None]
+        ends = (cand[2] == eos_id) | (t + 1 >= limit)[:, None]
         # Only the best beam_size candidates may finish (as in fairseq): beam 1 == greedy.
         eligible = ends & (tf.range(tf.shape(ends)[1]) < beam_size)
         penalty = _length_penalty(t + 1, length_penalty)
-        finished = _add_finished(finished, cand, eligible, t, penalty, done)
+        kept = _add_finished(_Finished(*(tf.gather(x, active) for x in finished)), cand,
+                             eligible, t, penalty)
+        finished = _Finished(*(tf.tensor_scatter_nd_update(x, active[:, None], new)
+                               for x, new in zip(finished, kept)))
         alive, rows, tokens = _next_alive(cand, ends, beam_size)
-        penalties = (_length_penalty(t + 2, length_penalty), final_penalty)
-        done |= _sentences_done(alive, finished.scores[:, -1], t, max_lengths, penalties)
+        penalties = (_length_penalty(t + 2, length_penalty), tf.gather(final_penalty, active))
+        done = _sentences_done(alive, kept.scores[:, -1], t, limit, penalties)
+        going = tf.reshape(tf.where(tf.logical_not(done)), [-1])
+        rows, tokens = (tf.reshape(tf.gather(tf.reshape(x, [-1, beam_size]), going), [-1])
+                        for x in (rows, tokens))
         if return_attention:
-            att = att.write(t, attention)
+            att = att.write(t, _widen(attention, width))
         state = tf.nest.map_structure(lambda x: tf.gather(x, rows), state)
-        out, parents = out.write(t, tokens), parents.write(t, rows)
-        return t + 1, tokens, state, alive, done, finished, out, parents, att
+        out = out.write(t, _widen(tokens, width, PAD_ID))
+        parents = parents.write(t, _widen(rows, width))
+        return (t + 1, tf.gather(active, going), tokens, state, _take_rows(sentences, going),
+                tf.gather(alive, going), finished, out, parents, att)
 
     first_alive = tf.concat(
         [tf.zeros([batch, 1]), tf.fill([batch, beam_size - 1], _NEG_INF)], axis=1
     )
-    loop_vars = (
-        tf.constant(0),
-        tf.fill([batch * beam_size], bos_id),
+    shrinking = (
+        tf.range(batch),
+        tf.fill([width], bos_id),
         tf.nest.map_structure(lambda x: tile_beams(x, beam_size), initial_state),
+        () if sentence_state is None else sentence_state,
         first_alive,
-        tf.zeros([batch], tf.bool),
+    )
+    fixed = (
         _Finished(*(tf.fill([batch, nbest], x) for x in (_NEG_INF, -1, 0, PAD_ID))),
         _array(tf.int32),
         _array(tf.int32),
         _array(tf.float32),
     )
-    outputs = tf.while_loop(cond, body, loop_vars)
-    finished, out, parents, att = outputs[5:]
+    finished, out, parents, att = _loop(cond, body, shrinking, fixed)[6:]
     history = (out.stack(), parents.stack(), att.stack() if return_attention else None)
     return _beam_result(finished, history, eos_id)
 

@@ -229,23 +229,24 @@ class Translator:
         return self._compiled[key]
 
     def _search(self, source, max_lengths, beam: int, nbest: int, alpha: float, attention: bool):
-        """Encodes once, tiles the memory once for the beam, then runs the search loop."""
+        """Encodes once, then runs the search loop; the memory stays one row per sentence
+        (the attention reads it for all of a sentence's hypotheses at once)."""
         _, _, state = self.model.encode(source, training=False)
-        static = {k: state[k] for k in STATIC_KEYS}
+        sentences = {k: state[k] for k in STATIC_KEYS}
         dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
-        if beam > 1:
-            static = {k: search.tile_beams(v, beam) for k, v in static.items()}
-        static.update((k, state[k]) for k in SHARED_KEYS)
+        shared = {k: state[k] for k in SHARED_KEYS}
 
-        def step(tokens, carry):
-            logits, new_state, weights = self.model.decode_step(tokens, {**carry, **static})
+        def step(tokens, carry, sentences):
+            logits, new_state, weights = self.model.decode_step(
+                tokens, {**carry, **sentences, **shared})
             carry = {k: new_state[k] for k in dynamic}
             return (logits, carry, weights) if attention else (logits, carry)
 
+        options = dict(return_attention=attention, sentence_state=sentences)
         if beam == 1:
-            return search.greedy_search(step, dynamic, max_lengths, return_attention=attention)
+            return search.greedy_search(step, dynamic, max_lengths, **options)
         return search.beam_search(step, dynamic, max_lengths, beam_size=beam, nbest=nbest,
-                                  length_penalty=alpha, return_attention=attention)
+                                  length_penalty=alpha, **options)
 
 
 def _block_diagonal(pieces: list[Hypothesis]) -> np.ndarray | None:
