@@ -161,10 +161,15 @@ def _widen(x: tf.Tensor, width: tf.Tensor, fill: int | float = 0) -> tf.Tensor:
     return tf.pad(x, pad, constant_values=fill)
 
 
-def _log_norm(logits: tf.Tensor, row_max: tf.Tensor) -> tf.Tensor:
-    """log(sum(exp(logits))) per row [N], given each row's maximum [N]."""
-    shift = tf.where(tf.math.is_finite(row_max), row_max, 0.0)
-    return shift + tf.math.log(tf.reduce_sum(tf.exp(logits - shift[:, None]), axis=-1))
+def _log_norm(logits: tf.Tensor, top_logit: tf.Tensor, top_index: tf.Tensor) -> tf.Tensor:
+    """log(sum(exp(logits))) per row [N], given each row's largest logit and its index [N].
+
+    Read off the softmax at the top token, log Z = top logit - log p(top): one fused
+    softmax kernel instead of separate subtract, exp and sum passes over the vocabulary
+    (p(top) >= 1 / vocab, so its logarithm loses nothing).
+    """
+    top_prob = tf.gather(tf.nn.softmax(logits), top_index, batch_dims=1)
+    return top_logit - tf.math.log(top_prob)
 
 
 def _chunk_size(n: int | None) -> int:
@@ -240,7 +245,8 @@ def greedy_search(
         at = active[:, None]
         length = tf.gather(lengths, active) + tf.cast(emit, tf.int32)
         lengths = tf.tensor_scatter_nd_update(lengths, at, length)
-        scores = tf.tensor_scatter_nd_add(scores, at, best_logit - _log_norm(logits, best_logit))
+        log_prob = best_logit - _log_norm(logits, best_logit, best)
+        scores = tf.tensor_scatter_nd_add(scores, at, log_prob)
         token = tf.where(emit, best, PAD_ID)
         out = out.write(t, tf.tensor_scatter_nd_update(tf.fill([batch], PAD_ID), at, token))
         if return_attention:
@@ -286,7 +292,7 @@ def _top_candidates(
     count = tf.minimum(2 * beam_size, beam_size * vocab)
     per_row = tf.minimum(count, vocab)
     row_logits, row_tokens = _row_top_k(logits, per_row)
-    row_log_probs = row_logits - _log_norm(logits, row_logits[:, 0])[:, None]
+    row_log_probs = row_logits - _log_norm(logits, row_logits[:, 0], row_tokens[:, 0])[:, None]
     total = alive[:, :, None] + tf.reshape(row_log_probs, [batch, beam_size, per_row])
     log_probs, index = tf.math.top_k(tf.reshape(total, [batch, -1]), k=count)
     rows = index // per_row + beam_size * tf.range(batch)[:, None]
