@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a trained model folder (default: random weights)")
     parser.add_argument("--beams", nargs="+", type=int, default=[1, 5])
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None,
                         help="translate only the first N test sentences (default: all 1,000)")
     parser.add_argument("--repeats", type=int, default=3)
