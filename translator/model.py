@@ -134,7 +134,7 @@ class Seq2Seq(keras.Model):
         # One 2-D matmul against the [vocab, att + 2] table itself: its gradient comes out
         # in the table's layout (no transpose of a vocabulary-sized matrix), and two
         # columns of ones add the bias inside the matmul, in float32 accumulation: no
-        # separate pass over the vocabulary-wide logits to add it (beam search ~1.1x).
+        # separate pass over the vocabulary-wide logits to add it (beam search 1.06x).
         flat = tf.reshape(attentional, [-1, ops.shape(attentional)[-1]])
         flat = tf.concat([flat, tf.ones([tf.shape(flat)[0], 2], flat.dtype)], 1)
         logits = tf.matmul(flat, table, transpose_b=True)

@@ -10,7 +10,9 @@ beam_size consecutive rows of tokens and state. Both searches run the whole batc
 
 A sentence leaves the loop as soon as it is done: the next step runs only the rows of
 the sentences still being searched (N shrinks), so a batch costs the sum of its
-sentences' steps rather than its longest sentence's steps times the batch.
+sentences' steps rather than its longest sentence's steps times the batch. So a
+step_fn must not capture per-row tensors from outside: pass them as state or
+sentence_state, which the search cuts with the rows.
 
 * ``max_lengths`` int32 [batch] (each >= 1) bounds the tokens a sentence may produce,
   EOS not counted. A hypothesis that has produced that many tokens is finished
