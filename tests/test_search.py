@@ -31,6 +31,14 @@ STEPS = 8  # time steps in a table; later steps reuse the last one
 HISTORY = 1.0  # weight of the prefix signature in random-table logits (state must follow beams)
 
 
+@pytest.fixture(autouse=True, params=["kernel", "tf-ops"])
+def top_k_path(request, monkeypatch):
+    """Every search test runs twice: with the compiled top-k kernel (translator.native)
+    and with TensorFlow's ops, the fallback where no compiler is available."""
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1" if request.param == "kernel" else "0")
+    return request.param
+
+
 def _logits(probs: dict[int, float]) -> np.ndarray:
     """[VOCAB] logits giving these probabilities (1e-6 for every other token)."""
     p = np.full(VOCAB, 1e-6)

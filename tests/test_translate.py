@@ -586,3 +586,21 @@ def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--model", tiny_model, "--input", missing,
                            "--output", tmp_path / "out.txt")
     assert code == 2 and "missing.txt" in err
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_kernel_and_tf_ops_give_the_same_translations(tiny_model, distinct, beam, monkeypatch):
+    """The compiled top-k kernel and TensorFlow's ops (the fallback) translate the same:
+    same n-best texts, scores within 1e-5 (each traces its own search function)."""
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
+        translator = Translator.load(tiny_model)
+        results[flag] = translator.translate(distinct[:20], beam=beam, nbest=min(beam, 3),
+                                             return_scores=True)
+    for kernel_nbest, ops_nbest in zip(results["1"], results["0"]):
+        if beam == 1:  # one Hypothesis per input, not a list
+            kernel_nbest, ops_nbest = [kernel_nbest], [ops_nbest]
+        assert [h.text for h in kernel_nbest] == [h.text for h in ops_nbest]
+        np.testing.assert_allclose([h.score for h in kernel_nbest],
+                                   [h.score for h in ops_nbest], rtol=1e-5, atol=1e-5)

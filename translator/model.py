@@ -123,12 +123,14 @@ class Seq2Seq(keras.Model):
         carries = tf.scan(step, ops.transpose(embedded, (1, 0, 2)), initializer=init)
         return ops.transpose(carries["feed"], (1, 0, 2))
 
-    def logits(self, attentional, table=None):
-        """attentional [..., att] -> float32 logits [..., tgt_vocab] (float32 even when the
-        model computes in bfloat16, so that softmax and loss keep full precision).
-        table: the tied output table from output_table(), e.g. cast once by step_weights."""
+    def logits(self, attentional, table=None, float32=True):
+        """attentional [..., att] -> logits [..., tgt_vocab], float32 (even when the model
+        computes in bfloat16, so that softmax and loss keep full precision) unless float32
+        is False. table: the tied output table from output_table(), e.g. cast once by
+        step_weights."""
+        dtype = "float32" if float32 else self.compute_dtype
         if not self.tie_embeddings:
-            return ops.cast(self.output_proj(attentional), "float32")
+            return ops.cast(self.output_proj(attentional), dtype)
         if table is None:
             table = self.output_table()
         # One 2-D matmul against the [vocab, att + 2] table itself: its gradient comes out
@@ -139,7 +141,8 @@ class Seq2Seq(keras.Model):
         flat = tf.concat([flat, tf.ones([tf.shape(flat)[0], 2], flat.dtype)], 1)
         logits = tf.matmul(flat, table, transpose_b=True)
         logits = tf.reshape(logits, tf.concat([tf.shape(attentional)[:-1], [-1]], 0))
-        return ops.cast(logits, "float32")
+        logits.set_shape(attentional.shape[:-1].concatenate(table.shape[:1]))
+        return ops.cast(logits, dtype)
 
     def output_table(self):
         """The tied output projection [tgt_vocab, att + 2] in the compute dtype: the target
@@ -194,18 +197,21 @@ class Seq2Seq(keras.Model):
                                       self.compute_dtype)
         return memory, mask, state
 
-    def decode_step(self, tokens, state):
+    def decode_step(self, tokens, state, float32_logits=True):
         """One decoder step. tokens int [batch]; state from `encode` or a previous step:
         lstm: list of (h, c) [batch, dec] per layer; memory [batch, src_len, 2*enc];
         keys [batch, src_len, k]; mask [batch, src_len]; feed [batch, att] with input feeding;
         weights: step_weights(), the same for every sentence.
 
         Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
+        The logits are float32, or with float32_logits=False in the compute dtype (the
+        searches read bfloat16 logits directly: no cast of a vocabulary-wide tensor).
         """
         table = state["weights"]["embedding"]
         embedded = ops.take(table, tokens, axis=0) * ops.cast(self.embed_scale, table.dtype)
         attentional, state, weights = self._step(embedded, state, False)
-        return self.logits(attentional, state["weights"].get("output")), state, weights
+        logits = self.logits(attentional, state["weights"].get("output"), float32_logits)
+        return logits, state, weights
 
     def _step(self, embedded, state, training):
         """embedded [batch, emb] -> attentional [batch, att], new state, weights [batch, src]."""

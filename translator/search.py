@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from translator import native
+
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
 State = Any  # nested dict / tuple / list of tensors, each with leading dimension N
@@ -99,10 +101,11 @@ def _call_step(
     sentence_state: State | None,
     return_attention: bool,
 ) -> tuple[tf.Tensor, State, tf.Tensor | None]:
-    """Returns logits [N, vocab] (float32), the new state, attention [N, src_len] or None.
+    """Returns logits [N, vocab] (as step_fn made them: float32, or bfloat16 under mixed
+    precision), the new state, attention [N, src_len] float32 or None.
 
     The searches never write out a full log-softmax: they need the log-probs of the few
-    tokens they pick (logit - log-normaliser, see _log_norm), and the top tokens by
+    tokens they pick (logit - log-normaliser, see _top_k_log_norm), and the top tokens by
     logit are the top tokens by log-prob.
     """
     if sentence_state is None:
@@ -121,7 +124,27 @@ def _call_step(
         lambda new, old: tf.ensure_shape(new, old.shape), outputs[1], state
     )
     attention = tf.cast(outputs[2], tf.float32) if return_attention else None
-    return tf.cast(outputs[0], tf.float32), new_state, attention
+    return outputs[0], new_state, attention
+
+
+def _top_k_log_norm(logits: tf.Tensor, k: int | tf.Tensor
+                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """logits [N, vocab] -> the k largest as float32 [N, k] and their token ids int32 [N, k],
+    largest first, and log(sum(exp(logits))) per row, float32 [N].
+
+    One pass of the compiled kernel (translator.native) when it is available, else
+    TensorFlow ops: the same values and tokens, except in the order of exactly tied logits
+    (the kernel puts the lower token id first), and log-normalisers within ~1e-6.
+    """
+    if logits.dtype not in (tf.float32, tf.bfloat16):
+        logits = tf.cast(logits, tf.float32)
+    static_k = tf.get_static_value(k)
+    fast = None if static_k is None else native.top_k_log_norm(logits, int(static_k))
+    if fast is not None:
+        return fast
+    logits = tf.cast(logits, tf.float32)
+    top, index = _row_top_k(logits, k)
+    return top, index, _log_norm(logits, top[:, 0], index[:, 0])
 
 
 def _any_rows(x: tf.Tensor) -> tf.TensorShape:
@@ -242,13 +265,13 @@ def greedy_search(
         # active [A]: the sentences still searched, one row each in prev, state, sentences
         logits, state, attention = _call_step(
             step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
-        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        best_logit = tf.gather(logits, best, batch_dims=1)
+        best_logit, best, log_norm = _top_k_log_norm(logits, 1)
+        best_logit, best = best_logit[:, 0], best[:, 0]
         emit = best != eos_id
         at = active[:, None]
         length = tf.gather(lengths, active) + tf.cast(emit, tf.int32)
         lengths = tf.tensor_scatter_nd_update(lengths, at, length)
-        log_prob = best_logit - _log_norm(logits, best_logit, best)
+        log_prob = best_logit - log_norm
         scores = tf.tensor_scatter_nd_add(scores, at, log_prob)
         token = tf.where(emit, best, PAD_ID)
         out = out.write(t, tf.tensor_scatter_nd_update(tf.fill([batch], PAD_ID), at, token))
@@ -291,11 +314,16 @@ def _top_candidates(
     A row's own best C tokens hold every candidate it can contribute (its prefix score
     is the same for all of them), so the search ranks beam * C totals, not beam * vocab.
     """
-    batch, vocab = tf.shape(alive)[0], tf.shape(logits)[1]
-    count = tf.minimum(2 * beam_size, beam_size * vocab)
-    per_row = tf.minimum(count, vocab)
-    row_logits, row_tokens = _row_top_k(logits, per_row)
-    row_log_probs = row_logits - _log_norm(logits, row_logits[:, 0], row_tokens[:, 0])[:, None]
+    batch, vocab = tf.shape(alive)[0], logits.shape[1]
+    if vocab is not None:
+        count = min(2 * beam_size, beam_size * vocab)
+        per_row = min(count, vocab)
+    else:  # the vocabulary is only known when the step runs: k is a tensor (no kernel)
+        vocab = tf.shape(logits)[1]
+        count = tf.minimum(2 * beam_size, beam_size * vocab)
+        per_row = tf.minimum(count, vocab)
+    row_logits, row_tokens, log_norm = _top_k_log_norm(logits, per_row)
+    row_log_probs = row_logits - log_norm[:, None]
     total = alive[:, :, None] + tf.reshape(row_log_probs, [batch, beam_size, per_row])
     log_probs, index = tf.math.top_k(tf.reshape(total, [batch, -1]), k=count)
     rows = index // per_row + beam_size * tf.range(batch)[:, None]

@@ -238,7 +238,7 @@ class Translator:
 
         def step(tokens, carry, sentences):
             logits, new_state, weights = self.model.decode_step(
-                tokens, {**carry, **sentences, **shared})
+                tokens, {**carry, **sentences, **shared}, float32_logits=False)
             carry = {k: new_state[k] for k in dynamic}
             return (logits, carry, weights) if attention else (logits, carry)
 

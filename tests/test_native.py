@@ -1,0 +1,126 @@
+"""The compiled search kernel (translator.native, csrc/top_k_log_norm.cc) against
+TensorFlow's own ops, and the fallback when it cannot be built.
+
+The kernel tests need a C++ compiler (the project's machines and CI have one); without one
+they are skipped, saying so, and the searches run on TensorFlow's ops (tested below).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from translator import native
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler: the searches use TensorFlow ops (see test_fallback_*)")
+    lib = native.library()
+    assert lib is not None, "a compiler is present but the kernel did not build (see stderr)"
+    return native.top_k_log_norm
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    """Six rows of n logits: spread like a model's, rounded so that values repeat, one
+    row with -inf entries (masked tokens) and one row all equal."""
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0, 4, size=(6, n)), 1).astype("float32")
+    values[4, ::3] = -np.inf
+    values[5] = 1.5
+    return values
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("n,k", [(8000, 10), (8000, 1), (257, 10), (129, 4), (64, 64),
+                                 (300, 70), (33, 4), (5, 5), (1, 1)])
+def test_kernel_equals_top_k_and_logsumexp(kernel, dtype, n, k):
+    """Values, token ids (the lower id first among ties, as tf.math.top_k) and log Z
+    (within 1e-6 relative) for vocabularies below, at and above the kernel's groups of 64,
+    k beyond its 64 running maxima, ties, -inf logits; in float32 and bfloat16."""
+    logits = tf.cast(tf.constant(_rows(n, n + k)), dtype)
+    values, ids, log_norm = kernel(logits, k)
+    as_float = tf.cast(logits, tf.float32)
+    want_values, want_ids = tf.math.top_k(as_float, k=k)
+    np.testing.assert_array_equal(values.numpy(), want_values.numpy())
+    np.testing.assert_array_equal(ids.numpy(), want_ids.numpy())
+    want_norm = tf.reduce_logsumexp(tf.cast(as_float, tf.float64), -1).numpy()
+    np.testing.assert_allclose(log_norm.numpy(), want_norm, rtol=1e-6, atol=1e-6)
+    assert values.dtype == tf.float32 and ids.dtype == tf.int32 and log_norm.dtype == tf.float32
+
+
+def test_kernel_rows_of_minus_inf_and_empty_batch(kernel):
+    """A row of only -inf has log Z = -inf and the first k ids; zero rows give empty outputs."""
+    values, ids, log_norm = kernel(tf.fill([2, 100], float("-inf")), 3)
+    assert np.isneginf(values.numpy()).all() and np.isneginf(log_norm.numpy()).all()
+    np.testing.assert_array_equal(ids.numpy(), [[0, 1, 2], [0, 1, 2]])
+    values, ids, log_norm = kernel(tf.zeros([0, 100]), 3)
+    assert values.shape == (0, 3) and ids.shape == (0, 3) and log_norm.shape == (0,)
+
+
+def test_kernel_refuses_k_above_vocabulary_and_wrong_rank(kernel):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds the vocabulary"):
+        kernel(tf.zeros([2, 5]), 6)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank|rows, vocab"):
+        kernel(tf.zeros([5]), 1)
+
+
+def test_build_is_cached_per_machine_and_tensorflow_and_written_whole(tmp_path, monkeypatch):
+    """The library lands in TRANSLATOR_CACHE under a name keyed by source, TensorFlow,
+    compiler and CPU, written under a temporary name and renamed (never half-written). A
+    stand-in compiler writes its -o file, so this runs without compiling."""
+    fake = tmp_path / "c++"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\necho lib > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRANSLATOR_CACHE", str(tmp_path / "cache"))
+    target = native.library_path(str(fake))
+    assert target.parent == tmp_path / "cache" and target.name.startswith("top_k_log_norm-")
+    assert native.library_path("clang++") != target
+    native.build(str(fake), target)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    assert target.read_text() == "lib\n"
+
+
+def test_fallback_when_the_build_fails_warns_once_and_searches_with_tf_ops(
+        tmp_path, monkeypatch, capsys):
+    """A compiler that fails: one message naming the reason, no library left behind, and
+    top_k_log_norm returns None (search.py then uses TensorFlow's ops)."""
+    from translator.search import _top_k_log_norm
+
+    failing = tmp_path / "bin" / "c++"
+    failing.parent.mkdir()
+    failing.write_text("#!/bin/sh\necho 'no such header' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CXX", str(failing))
+    monkeypatch.setenv("TRANSLATOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
+    assert native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
+    err = capsys.readouterr().err
+    assert err.count("not available") == 1 and "no such header" in err
+    assert list((tmp_path / "cache").iterdir()) == []
+    logits = tf.constant([[0.0, 2.0, 1.0, 2.0]])
+    values, ids, log_norm = _top_k_log_norm(logits, 2)
+    np.testing.assert_array_equal(values.numpy(), [[2.0, 2.0]])
+    assert sorted(ids.numpy()[0]) == [1, 3]
+    np.testing.assert_allclose(log_norm.numpy(), np.log(np.exp([0, 2, 1, 2]).sum()), rtol=1e-6)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "0")
+    assert native.library() is None and native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
+
+
+def test_no_compiler_found_falls_back(monkeypatch, capsys):
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None
+    assert "no C++ compiler found" in capsys.readouterr().err
