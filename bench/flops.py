@@ -213,10 +213,14 @@ def quiet_warning() -> str | None:
 
 def print_machine() -> dict[str, Any]:
     """Prints the machine line (and the not-quiet warning, if any); returns machine()."""
+    from translator import native
+
     info = machine()
+    info["compiled_kernels"] = native.library() is not None
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
-          f"Keras {info['keras']}")
+          f"Keras {info['keras']}; compiled kernels (translator/native.py): "
+          f"{'yes' if info['compiled_kernels'] else 'no, TensorFlow ops'}")
     info["quiet_warning"] = quiet_warning()  # judged before the benchmark loads the CPUs
     if info["quiet_warning"]:
         print(info["quiet_warning"])

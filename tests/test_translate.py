@@ -590,8 +590,8 @@ def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("beam", [1, 5])
 def test_kernel_and_tf_ops_give_the_same_translations(tiny_model, distinct, beam, monkeypatch):
-    """The compiled top-k kernel and TensorFlow's ops (the fallback) translate the same:
-    same n-best texts, scores within 1e-5 (each traces its own search function)."""
+    """The compiled kernels and TensorFlow's ops (the fallback) translate the same: same
+    n-best texts, scores within 1e-5 (each traces its own search function)."""
     results = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("TRANSLATOR_NATIVE", flag)

@@ -1,14 +1,21 @@
-"""The one compiled kernel: TopKLogNorm (translator/csrc/top_k_log_norm.cc), for the searches.
+"""The project's compiled kernels (translator/csrc/kernels.cc), and the switch to TensorFlow's
+own ops where they cannot be built.
 
-Each search step needs, from the vocabulary-wide logits of every hypothesis, the k best
-tokens and the log-normaliser. TensorFlow's CPU ops take five passes over the logits for
-that (cast, chunk maxima, two top-k, softmax), as long as the output matmul itself; the
-kernel reads each row once (beam 5 at 1,280 rows: 5 ms against 14 ms). It is compiled on
-first use with the machine's C++ compiler against the installed TensorFlow (about 10 s,
-once per machine and TensorFlow version) and cached under $TRANSLATOR_CACHE (default
-~/.cache/translator). Without a compiler, or with TRANSLATOR_NATIVE=0, ``top_k_log_norm``
-returns None and translator.search uses TensorFlow's ops instead: same tokens (up to the
-order of exactly tied logits), log-probs within 1e-5.
+* TopKLogNorm, for the searches: each step needs, from the vocabulary-wide logits of every
+  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU ops take five
+  passes over the logits for that (cast, chunk maxima, two top-k, softmax), as long as the
+  output matmul itself; the kernel reads each row once (beam 5 at 1,280 rows: 5 ms
+  against 14 ms).
+* LstmCell and LstmCellGrad, for every LSTM step (translator.recurrence): the gate
+  arithmetic of a step, forward and backward, in one op each instead of a dozen and two
+  dozen element-wise TensorFlow ops.
+
+The file is compiled on first use with the machine's C++ compiler against the installed
+TensorFlow (about 10 s, once per machine and TensorFlow version) and cached under
+$TRANSLATOR_CACHE (default ~/.cache/translator). Without a compiler, or with
+TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
+ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
+puts exactly tied tokens in id order).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 
 import tensorflow as tf
 
-SOURCE = Path(__file__).parent / "csrc" / "top_k_log_norm.cc"
+SOURCE = Path(__file__).parent / "csrc" / "kernels.cc"
 _FLAGS = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
 _COMPILE_TIMEOUT_S = 300
 
@@ -63,7 +70,7 @@ def library_path(compiler: str) -> Path:
                      " ".join(tf.sysconfig.get_compile_flags()), platform.machine(),
                      _cpu_flags(), sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"top_k_log_norm-{digest}.so"
+    return cache_dir() / f"kernels-{digest}.so"
 
 
 def _compiler() -> str | None:
@@ -101,7 +108,7 @@ def _load() -> Any | None:
     target = library_path(compiler)
     try:
         if not target.exists():
-            print(f"translator: compiling the search kernel {SOURCE.name} (once, ~10 s) "
+            print(f"translator: compiling {SOURCE.name} (once, ~10 s) "
                   f"into {target.parent}", file=sys.stderr, flush=True)
             build(compiler, target)
         return tf.load_op_library(str(target))
@@ -111,8 +118,8 @@ def _load() -> Any | None:
 
 
 def _warn(reason: str) -> None:
-    print(f"translator: the compiled search kernel is not available ({reason}); searching "
-          "with TensorFlow ops instead (same results, slower). TRANSLATOR_NATIVE=0 skips it.",
+    print(f"translator: the compiled kernels are not available ({reason}); using TensorFlow's "
+          "ops instead (same results, slower). TRANSLATOR_NATIVE=0 skips them.",
           file=sys.stderr, flush=True)
 
 
@@ -136,3 +143,48 @@ def top_k_log_norm(logits: Any, k: int) -> tuple[Any, Any, Any] | None:
     if lib is None:
         return None
     return tuple(lib.top_k_log_norm(logits, k=k))
+
+
+_KERNEL_DTYPES = ("float32", "bfloat16")
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_cell(parts: list, c: Any, save: bool = True) -> tuple[Any, Any, Any] | None:
+    """One LSTM step's gates: parts, tensors [batch, 4 * units] whose sum is the
+    pre-activation z (gate order i, f, g, o), c float32 [batch, units] -> h [batch, units]
+    in z's dtype, the new c float32, and what lstm_cell_grad needs, float32
+    [batch, 6 * units] (i, f, g, o, tanh(new c), c), or [batch, 0] when save is False.
+    None when the kernels are not available."""
+    lib = library()
+    if lib is None or parts[0].dtype.name not in _KERNEL_DTYPES:
+        return None
+    return tuple(lib.lstm_cell(parts, tf.cast(c, tf.float32), save=save))
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_cell_grad(dh: Any, dh_next: Any, dc: Any, dc_next: Any, saved: Any
+                   ) -> tuple[Any, Any] | None:
+    """Backward through one step: the gradients reaching h (dh from above, dh_next through
+    the next step's recurrent matmul, both in the compute dtype) and c (float32), and
+    lstm_cell's saved activations -> dz [batch, 4 * units] in dh's dtype, and the gradient
+    of the previous c, float32. None when the kernels are not available."""
+    lib = library()
+    if lib is None or dh.dtype.name not in _KERNEL_DTYPES:
+        return None
+    return tuple(lib.lstm_cell_grad(dh, tf.cast(dh_next, dh.dtype), dc, dc_next, saved))
+
+
+@tf.RegisterGradient("LstmCell")
+def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
+    """The gradient of LstmCell for code that differentiates a step directly (input
+    feeding loops over decoder steps under a GradientTape); lstm_sequence has its own.
+    Recomputes the activations when the op was run without saving them."""
+    parts, c = op.inputs[:-1], op.inputs[-1]
+    saved = op.outputs[2]
+    if saved.shape[-1] == 0 or not op.get_attr("save"):
+        saved = library().lstm_cell(parts, c, save=True)[2]
+    h = op.outputs[0]
+    dh = tf.zeros_like(h) if dh is None else dh
+    dc = tf.zeros_like(c) if dc is None else dc
+    dz, dc_prev = library().lstm_cell_grad(dh, tf.zeros_like(h), dc, tf.zeros_like(c), saved)
+    return [dz] * len(parts) + [dc_prev]

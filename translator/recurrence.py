@@ -9,12 +9,16 @@ On a 2-core CPU the per-step work is what limits training, so this halves the ma
 inside the loops (forward 2 -> 1, backward 4 -> 1) and removes the per-step weight casts
 and gradient accumulation of a generic RNN loop.
 
-Gates are ordered as in Keras' LSTMCell: input, forget, candidate, output.
+Gates are ordered as in Keras' LSTMCell: input, forget, candidate, output. Where the
+compiled kernels are available (translator.native) a step's gate arithmetic is one op
+forward (LstmCell) and one backward (LstmCellGrad); otherwise the TensorFlow ops below.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from translator import native
 
 
 def _gates(z, c):
@@ -35,8 +39,36 @@ def _gates(z, c):
 def lstm_cell(z, c):
     """One step from its pre-activations z = x @ W + h @ U + b [batch, 4*units] and the
     previous c [batch, units] -> (h in z's dtype, c in float32)."""
+    fast = native.lstm_cell([z], c, save=False)
+    if fast is not None:
+        return fast[:2]
     _, c, h = _gates(z, c)
     return tf.cast(h, z.dtype), c
+
+
+def _forward_step(xw_t, h, c_before, kernel):
+    """(h, c float32, saved float32 [batch, 6*units]: i, f, g, o, tanh(c), c_{t-1})."""
+    recurrent = tf.matmul(h, kernel)
+    fast = native.lstm_cell([xw_t, recurrent], c_before)
+    if fast is not None:
+        return fast
+    # the two parts added in float32, as the kernel does
+    gates, c, h_new = _gates(tf.cast(xw_t, tf.float32) + tf.cast(recurrent, tf.float32), c_before)
+    return tf.cast(h_new, xw_t.dtype), c, tf.concat([*gates, c_before], -1)
+
+
+def _backward_step(dh_out, dc_out, dh_next, dc_next, saved):
+    """Gradients at one step -> (dz [batch, 4*units] in dh_out's dtype, d c_{t-1} float32).
+    dh_next arrives through the next step's recurrent matmul, in the compute dtype."""
+    fast = native.lstm_cell_grad(dh_out, dh_next, dc_out, dc_next, saved)
+    if fast is not None:
+        return fast
+    i, f, g, o, tanh_c, c_before = tf.split(saved, 6, axis=-1)
+    dh = tf.cast(dh_out, tf.float32) + tf.cast(dh_next, tf.float32)
+    dc = tf.cast(dc_out, tf.float32) + dc_next + dh * o * (1 - tanh_c * tanh_c)
+    dz = tf.concat([dc * g * i * (1 - i), dc * c_before * f * (1 - f),
+                    dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], -1)
+    return tf.cast(dz, dh_out.dtype), dc * f
 
 
 def lstm_sequence(xw, h0, c0, recurrent_kernel):
@@ -48,15 +80,11 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel):
     (time-major). Padded steps are computed like any other: callers read final states
     where each sequence ends.
     """
-    dtype = xw.dtype
-
     @tf.custom_gradient
     def run(xw, h0, c0, kernel):
         def forward(carry, xw_t):
             h, c_before, _ = carry
-            gates, c, h = _gates(xw_t + tf.matmul(h, kernel), c_before)
-            # what the backward step needs, in one tensor: gates, tanh(c), c_{t-1}
-            return tf.cast(h, dtype), c, tf.concat([*gates, c_before], -1)
+            return _forward_step(xw_t, h, c_before, kernel)
 
         first = (h0, tf.cast(c0, tf.float32))
         saved = tf.zeros([tf.shape(h0)[0], 6 * h0.shape[-1]], tf.float32)
@@ -67,21 +95,15 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel):
 
             def step(carry, inputs):
                 dh_next, dc_next, _ = carry
-                dh_out, dc_out, act = inputs
-                i, f, g, o, tanh_c, c_before = tf.split(act, 6, axis=-1)
-                dh = tf.cast(dh_out, tf.float32) + dh_next
-                dc = tf.cast(dc_out, tf.float32) + dc_next + dh * o * (1 - tanh_c * tanh_c)
-                dz = tf.cast(tf.concat([dc * g * i * (1 - i), dc * c_before * f * (1 - f),
-                                        dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], -1),
-                             dtype)
-                return tf.cast(tf.matmul(dz, kernel_t), tf.float32), dc * f, dz
+                dh_out, dc_out, saved_t = inputs
+                dz, dc_prev = _backward_step(dh_out, dc_out, dh_next, dc_next, saved_t)
+                return tf.matmul(dz, kernel_t), dc_prev, dz
 
             # scanned in reverse, position 0 holds what flows out of the first step:
             # the gradients of the initial states
             dh_prevs, dc_prevs, dzs = tf.scan(
                 step, (dhs, dcs, acts), reverse=True,
-                initializer=(tf.zeros_like(first[1]), tf.zeros_like(first[1]),
-                             tf.zeros_like(xw[0])))
+                initializer=(tf.zeros_like(h0), tf.zeros_like(first[1]), tf.zeros_like(xw[0])))
             h_prev = tf.concat([h0[None], hs[:-1]], 0)
             dkernel = tf.einsum("tbu,tbg->ug", h_prev, dzs)
             return (dzs, tf.cast(dh_prevs[0], h0.dtype), tf.cast(dc_prevs[0], c0.dtype),
