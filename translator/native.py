@@ -12,7 +12,7 @@ own ops where they cannot be built.
 
 The file is compiled on first use with the machine's C++ compiler against the installed
 TensorFlow (about 10 s, once per machine and TensorFlow version) and cached under
-$TRANSLATOR_CACHE (default ~/.cache/translator). Without a compiler, or with
+$TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
 TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
 ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
 puts exactly tied tokens in id order).
@@ -48,9 +48,9 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TRANSLATOR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "translator")
-    return Path(root)
+    """$TRANSLATOR_CACHE, else data/kernels/ in the project (beside the corpus cache)."""
+    root = os.environ.get("TRANSLATOR_CACHE")
+    return Path(root) if root else Path(__file__).resolve().parent.parent / "data" / "kernels"
 
 
 def _cpu_flags() -> str:
