@@ -1,5 +1,5 @@
-"""The compiled search kernel (translator.native, csrc/top_k_log_norm.cc) against
-TensorFlow's own ops, and the fallback when it cannot be built.
+"""The compiled kernels (translator.native, csrc/kernels.cc) against TensorFlow's own ops,
+and the fallback when they cannot be built.
 
 The kernel tests need a C++ compiler (the project's machines and CI have one); without one
 they are skipped, saying so, and the searches run on TensorFlow's ops (tested below).
@@ -89,8 +89,8 @@ def test_build_is_cached_per_machine_and_tensorflow_and_written_whole(tmp_path, 
 def test_fallback_when_the_build_fails_warns_once_and_searches_with_tf_ops(
         tmp_path, monkeypatch, capsys):
     """A compiler that fails: one message naming the reason, no library left behind, and
-    top_k_log_norm returns None (search.py then uses TensorFlow's ops)."""
-    from translator.search import _top_k_log_norm
+    top_k_log_norm returns None (translator.top_k then uses TensorFlow's ops)."""
+    from translator.top_k import top_k_log_norm
 
     failing = tmp_path / "bin" / "c++"
     failing.parent.mkdir()
@@ -106,7 +106,7 @@ def test_fallback_when_the_build_fails_warns_once_and_searches_with_tf_ops(
     assert err.count("not available") == 1 and "no such header" in err
     assert list((tmp_path / "cache").iterdir()) == []
     logits = tf.constant([[0.0, 2.0, 1.0, 2.0]])
-    values, ids, log_norm = _top_k_log_norm(logits, 2)
+    values, ids, log_norm = top_k_log_norm(logits, 2)
     np.testing.assert_array_equal(values.numpy(), [[2.0, 2.0]])
     assert sorted(ids.numpy()[0]) == [1, 3]
     np.testing.assert_allclose(log_norm.numpy(), np.log(np.exp([0, 2, 1, 2]).sum()), rtol=1e-6)

@@ -369,12 +369,12 @@ def test_invalid_arguments_raise():
 def test_chunked_top_k_equals_top_k(n, k):
     """The beam's two-pass top-k (chunk maxima, then the best chunks) against
     tf.math.top_k, on random rows with repeated values and a row of -inf."""
-    from translator.search import _row_top_k
+    from translator.top_k import row_top_k
 
     rng = np.random.default_rng(n)
     values = np.round(rng.normal(size=(6, n)), 1).astype("float32")  # many ties
     values[5] = -np.inf
-    got_values, got_ids = _row_top_k(tf.constant(values), tf.constant(k))
+    got_values, got_ids = row_top_k(tf.constant(values), tf.constant(k))
     want_values, _ = tf.math.top_k(tf.constant(values), k=k)
     np.testing.assert_array_equal(got_values.numpy(), want_values.numpy())
     ids = got_ids.numpy()

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from translator import native
+from translator.top_k import top_k_log_norm
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
@@ -44,7 +44,6 @@ State = Any  # nested dict / tuple / list of tensors, each with leading dimensio
 StepFn = Callable[[tf.Tensor, State], tuple]
 
 _NEG_INF = float("-inf")
-_CHUNK = 32  # values per chunk in _row_top_k (about: see _chunk_size)
 _CEIL_TOLERANCE = 1e-6  # ratio * length + offset computed as 11.000000000000002 must give 11
 
 
@@ -105,7 +104,7 @@ def _call_step(
     precision), the new state, attention [N, src_len] float32 or None.
 
     The searches never write out a full log-softmax: they need the log-probs of the few
-    tokens they pick (logit - log-normaliser, see _top_k_log_norm), and the top tokens by
+    tokens they pick (logit - log-normaliser, see translator.top_k), and the top tokens by
     logit are the top tokens by log-prob.
     """
     if sentence_state is None:
@@ -125,26 +124,6 @@ def _call_step(
     )
     attention = tf.cast(outputs[2], tf.float32) if return_attention else None
     return outputs[0], new_state, attention
-
-
-def _top_k_log_norm(logits: tf.Tensor, k: int | tf.Tensor
-                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """logits [N, vocab] -> the k largest as float32 [N, k] and their token ids int32 [N, k],
-    largest first, and log(sum(exp(logits))) per row, float32 [N].
-
-    One pass of the compiled kernel (translator.native) when it is available, else
-    TensorFlow ops: the same values and tokens, except in the order of exactly tied logits
-    (the kernel puts the lower token id first), and log-normalisers within ~1e-6.
-    """
-    if logits.dtype not in (tf.float32, tf.bfloat16):
-        logits = tf.cast(logits, tf.float32)
-    static_k = tf.get_static_value(k)
-    fast = None if static_k is None else native.top_k_log_norm(logits, int(static_k))
-    if fast is not None:
-        return fast
-    logits = tf.cast(logits, tf.float32)
-    top, index = _row_top_k(logits, k)
-    return top, index, _log_norm(logits, top[:, 0], index[:, 0])
 
 
 def _any_rows(x: tf.Tensor) -> tf.TensorShape:
@@ -186,49 +165,6 @@ def _widen(x: tf.Tensor, width: tf.Tensor, fill: int | float = 0) -> tf.Tensor:
     return tf.pad(x, pad, constant_values=fill)
 
 
-def _log_norm(logits: tf.Tensor, top_logit: tf.Tensor, top_index: tf.Tensor) -> tf.Tensor:
-    """log(sum(exp(logits))) per row [N], given each row's largest logit and its index [N].
-
-    Read off the softmax at the top token, log Z = top logit - log p(top): one fused
-    softmax kernel instead of separate subtract, exp and sum passes over the vocabulary
-    (p(top) >= 1 / vocab, so its logarithm loses nothing).
-    """
-    top_prob = tf.gather(tf.nn.softmax(logits), top_index, batch_dims=1)
-    return top_logit - tf.math.log(top_prob)
-
-
-def _chunk_size(n: int | None) -> int:
-    """Chunk length for _row_top_k: a divisor of n near _CHUNK (no padding copy), else _CHUNK."""
-    if n is not None:
-        for size in sorted(range(_CHUNK - 16, _CHUNK + 17), key=lambda c: (abs(c - _CHUNK), c)):
-            if n % size == 0:
-                return size
-    return _CHUNK
-
-
-def _row_top_k(values: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Exact top-k of each row of values [N, n] (k <= n): values and indices [N, k].
-
-    TensorFlow's CPU top-k reads a vocabulary-wide row slowly (6 ms for 320 rows of
-    8,000). Here it runs on short rows: the maxima of chunks of about _CHUNK values, then
-    only the k chunks with the largest maxima, which hold every top-k value (a value
-    outside them would be beaten by k chunk maxima). Chunks of ~32 beat longer ones
-    (beam 5, batch 256: 1.06x the speed of 48; 128 was slower still): the second top-k
-    over k long chunks costs more than the first over more maxima.
-    """
-    size = _chunk_size(values.shape[1])
-    rows, n = tf.shape(values)[0], tf.shape(values)[1]
-    chunks = (n + size - 1) // size
-    if values.shape[1] is None or values.shape[1] % size:
-        values = tf.pad(values, [[0, 0], [0, chunks * size - n]], constant_values=_NEG_INF)
-    blocks = tf.reshape(values, [rows, chunks, size])
-    _, best = tf.math.top_k(tf.reduce_max(blocks, axis=-1), k=tf.minimum(k, chunks))
-    picked = tf.reshape(tf.gather(blocks, best, batch_dims=1), [rows, -1])
-    top, index = tf.math.top_k(picked, k=k)
-    ids = tf.gather(best, index // size, batch_dims=1) * size + index % size
-    return top, tf.minimum(ids, n - 1)  # a padding slot only wins among -inf ties
-
-
 def _array(dtype: tf.DType) -> tf.TensorArray:
     """Empty growable TensorArray, one element written per step."""
     return tf.TensorArray(dtype, size=0, dynamic_size=True)
@@ -265,7 +201,7 @@ def greedy_search(
         # active [A]: the sentences still searched, one row each in prev, state, sentences
         logits, state, attention = _call_step(
             step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
-        best_logit, best, log_norm = _top_k_log_norm(logits, 1)
+        best_logit, best, log_norm = top_k_log_norm(logits, 1)
         best_logit, best = best_logit[:, 0], best[:, 0]
         emit = best != eos_id
         at = active[:, None]
@@ -322,7 +258,7 @@ def _top_candidates(
         vocab = tf.shape(logits)[1]
         count = tf.minimum(2 * beam_size, beam_size * vocab)
         per_row = tf.minimum(count, vocab)
-    row_logits, row_tokens, log_norm = _top_k_log_norm(logits, per_row)
+    row_logits, row_tokens, log_norm = top_k_log_norm(logits, per_row)
     row_log_probs = row_logits - log_norm[:, None]
     total = alive[:, :, None] + tf.reshape(row_log_probs, [batch, beam_size, per_row])
     log_probs, index = tf.math.top_k(tf.reshape(total, [batch, -1]), k=count)
