@@ -124,3 +124,14 @@ def test_no_compiler_found_falls_back(monkeypatch, capsys):
     monkeypatch.setattr(native, "_state", {})
     assert native.library() is None
     assert "no C++ compiler found" in capsys.readouterr().err
+
+
+def test_missing_kernel_source_falls_back(tmp_path, monkeypatch, capsys):
+    """An install without csrc/kernels.cc warns and uses TensorFlow's ops (no crash)."""
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.cc")
+    monkeypatch.setattr(native, "_state", {})
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler: the missing source is never read")
+    assert native.library() is None
+    assert "missing.cc" in capsys.readouterr().err

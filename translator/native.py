@@ -105,8 +105,8 @@ def _load() -> Any | None:
     if compiler is None:
         _warn("no C++ compiler found (set CXX)")
         return None
-    target = library_path(compiler)
     try:
+        target = library_path(compiler)
         if not target.exists():
             print(f"translator: compiling {SOURCE.name} (once, ~10 s) "
                   f"into {target.parent}", file=sys.stderr, flush=True)
