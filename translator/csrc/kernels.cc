@@ -1,7 +1,8 @@
 // The project's compiled kernels, loaded by translator/native.py (which compiles this file on
 // first use; without a compiler everything runs on TensorFlow's own ops instead).
 //
-// TopKLogNorm: one pass over each row of a search step's logits, for translator/search.py.
+// TopKLogNorm: each row of a search step's logits read once from memory, for
+// translator/top_k.py.
 //
 // logits [N, V] (float32 or bfloat16) -> values float32 [N, k], indices int32 [N, k] (the
 // k largest logits of each row, largest first, the lower index first among equal values,
@@ -9,9 +10,10 @@
 //
 // The searches need exactly these three things from the vocabulary-wide logits. Built from
 // TensorFlow ops they take a cast, a chunked maximum, two top-k and a softmax: five passes
-// over [N, V], as long as the output matmul itself (see bench/README.md). Here each row is
-// read once into a float32 buffer that stays in cache, scanned once for the top k and the
-// maximum, and once more for the sum of exponentials.
+// over [N, V], as long as the output matmul itself (see bench/README.md). Here a row (16 KB
+// of bfloat16 for 8,000 tokens) is scanned once for its maximum and a bound on its k-th
+// value, then once more, from cache, for the sum of exponentials and the few values that
+// can be in the top k (see Row).
 //
 // LstmCell, LstmCellGrad: see below.
 
