@@ -75,11 +75,12 @@ class LSTM(layers.Layer):
         kernel, recurrent_kernel, bias = self._weights()
         return ops.concatenate([kernel, recurrent_kernel], 0), bias
 
-    def step(self, inputs, state, weights=None):
+    def step(self, inputs, state, weights=None, training=False):
         """inputs [batch, in], state (h, c) -> (h, c); one matmul over [inputs, h]."""
         stacked, bias = self.step_weights() if weights is None else weights
         h, c = state
-        return lstm_cell(ops.matmul(ops.concatenate([inputs, h], -1), stacked) + bias, c)
+        z = ops.matmul(ops.concatenate([inputs, h], -1), stacked) + bias
+        return lstm_cell(z, c, save=bool(training))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units}

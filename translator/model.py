@@ -221,7 +221,7 @@ class Seq2Seq(keras.Model):
         new_lstm = []
         for lstm, (h, c), weights in zip(self.decoder_lstms, state["lstm"],
                                          state["weights"]["lstm"]):
-            x, c = lstm.step(x, (h, c), weights)
+            x, c = lstm.step(x, (h, c), weights, training=training)
             new_lstm.append((x, c))
             x = self.dropout(x, training=training)
         attentional, weights = self._attend(ops.expand_dims(x, 1), state)

@@ -178,10 +178,10 @@ def lstm_cell_grad(dh: Any, dh_next: Any, dc: Any, dc_next: Any, saved: Any
 def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
     """The gradient of LstmCell for code that differentiates a step directly (input
     feeding loops over decoder steps under a GradientTape); lstm_sequence has its own.
-    Recomputes the activations when the op was run without saving them."""
+    Recomputes the activations only when the op was run without saving them."""
     parts, c = op.inputs[:-1], op.inputs[-1]
     saved = op.outputs[2]
-    if saved.shape[-1] == 0 or not op.get_attr("save"):
+    if not op.get_attr("save"):
         saved = library().lstm_cell(parts, c, save=True)[2]
     h = op.outputs[0]
     dh = tf.zeros_like(h) if dh is None else dh

@@ -36,10 +36,12 @@ def _gates(z, c):
     return (i, f, g, o, tanh_c), c, o * tanh_c
 
 
-def lstm_cell(z, c):
+def lstm_cell(z, c, save=False):
     """One step from its pre-activations z = x @ W + h @ U + b [batch, 4*units] and the
-    previous c [batch, units] -> (h in z's dtype, c in float32)."""
-    fast = native.lstm_cell([z], c, save=False)
+    previous c [batch, units] -> (h in z's dtype, c in float32). save: keep the
+    activations for the kernel's gradient (when training steps through time); a search
+    leaves it False and nothing is written but h and c."""
+    fast = native.lstm_cell([z], c, save=save)
     if fast is not None:
         return fast[:2]
     _, c, h = _gates(z, c)

@@ -423,13 +423,6 @@ REGISTER_OP("TopKLogNorm")
       return absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(
-    Name("TopKLogNorm").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),
-    TopKLogNormOp<float>);
-REGISTER_KERNEL_BUILDER(
-    Name("TopKLogNorm").Device(tensorflow::DEVICE_CPU).TypeConstraint<tensorflow::bfloat16>("T"),
-    TopKLogNormOp<tensorflow::bfloat16>);
-
 REGISTER_OP("LstmCell")
     .Input("z: N * T")
     .Input("c: float")
@@ -471,14 +464,15 @@ REGISTER_OP("LstmCellGrad")
       return absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(Name("LstmCell").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),
-                        LstmCellOp<float>);
-REGISTER_KERNEL_BUILDER(
-    Name("LstmCell").Device(tensorflow::DEVICE_CPU).TypeConstraint<tensorflow::bfloat16>("T"),
-    LstmCellOp<tensorflow::bfloat16>);
-REGISTER_KERNEL_BUILDER(
-    Name("LstmCellGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),
-    LstmCellGradOp<float>);
-REGISTER_KERNEL_BUILDER(
-    Name("LstmCellGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<tensorflow::bfloat16>("T"),
-    LstmCellGradOp<tensorflow::bfloat16>);
+// Each op for float32 and bfloat16.
+#define REGISTER_CPU_KERNELS(NAME, OP)                                                     \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name(NAME).Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("T"), OP<float>); \
+  REGISTER_KERNEL_BUILDER(Name(NAME)                                                      \
+                              .Device(tensorflow::DEVICE_CPU)                             \
+                              .TypeConstraint<tensorflow::bfloat16>("T"),                 \
+                          OP<tensorflow::bfloat16>)
+
+REGISTER_CPU_KERNELS("TopKLogNorm", TopKLogNormOp);
+REGISTER_CPU_KERNELS("LstmCell", LstmCellOp);
+REGISTER_CPU_KERNELS("LstmCellGrad", LstmCellGradOp);
