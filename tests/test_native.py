@@ -1,4 +1,4 @@
-"""The compiled kernels (translator.native, csrc/kernels.cc) against TensorFlow's own ops,
+"""The compiled kernels (translator.native, csrc/*.cc) against TensorFlow's own ops,
 and the fallback when they cannot be built.
 
 The kernel tests need a C++ compiler (the project's machines and CI have one); without one
@@ -126,12 +126,88 @@ def test_no_compiler_found_falls_back(monkeypatch, capsys):
     assert "no C++ compiler found" in capsys.readouterr().err
 
 
-def test_missing_kernel_source_falls_back(tmp_path, monkeypatch, capsys):
-    """An install without csrc/kernels.cc warns and uses TensorFlow's ops (no crash)."""
+def test_missing_kernel_sources_fall_back(tmp_path, monkeypatch, capsys):
+    """An install without csrc/*.cc warns and uses TensorFlow's ops (no crash)."""
     monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
-    monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.cc")
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "csrc")
     monkeypatch.setattr(native, "_state", {})
     if native._compiler() is None:
-        pytest.skip("no C++ compiler: the missing source is never read")
+        pytest.skip("no C++ compiler: the missing sources are never looked for")
     assert native.library() is None
-    assert "missing.cc" in capsys.readouterr().err
+    assert "no kernel sources in" in capsys.readouterr().err
+
+
+# ---- SeededDropout ------------------------------------------------------------------------
+
+
+def _dropout(x, rate, seed):
+    return native.dropout(tf.constant(x), rate, tf.constant(seed)).numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_dropout_keeps_each_element_with_probability_one_minus_rate(kernel, dtype, rate):
+    """Over 1,000,003 elements (a last partial block of lanes included) the kept share is
+    within 5 standard deviations of 1 - rate, the kept values are x / (1 - rate), and the
+    mask shows no pattern: uncorrelated with its neighbour and 16 or 1,000 positions on,
+    and the same within every block of lanes."""
+    n = 1_000_003
+    x = (np.arange(n) % 97 + 1).astype("float32") / 8.0  # no zeros: zero means dropped
+    y = _dropout(tf.cast(x, dtype), rate, [11, 3]).astype("float32")
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(y[kept], (tf.cast(x, dtype).numpy().astype("float32") /
+                                         (1 - rate))[kept], rtol=8e-3)
+    for lag in (1, 16, 1000):
+        assert abs(np.corrcoef(kept[lag:], kept[:-lag])[0, 1]) < 0.01
+    per_lane = kept[: n // 16 * 16].reshape(-1, 16).mean(0)
+    assert np.all(np.abs(per_lane - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / (n // 16)))
+
+
+def test_dropout_mask_is_a_function_of_seed_and_position(kernel):
+    x = np.ones((300, 500), "float32")
+    first = _dropout(x, 0.3, [7, 0]) != 0
+    np.testing.assert_array_equal(_dropout(x, 0.3, [7, 0]) != 0, first)  # same seed
+    np.testing.assert_array_equal(_dropout(x.reshape(-1), 0.3, [7, 0]) != 0, first.ravel())
+    for other in ([7, 1], [8, 0], [7, 2**33]):  # each part of the seed changes the mask
+        again = _dropout(x, 0.3, other) != 0
+        assert abs(np.corrcoef(first.ravel(), again.ravel())[0, 1]) < 0.01
+
+
+def test_dropout_gradient_is_the_same_mask(kernel):
+    x = tf.constant(np.random.default_rng(0).normal(size=(33, 17)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = native.dropout(x, 0.4, tf.constant([1, 2]))
+        loss = tf.reduce_sum(y * 3.0)
+    gradient = tape.gradient(loss, x).numpy()
+    np.testing.assert_allclose(gradient, np.where(y.numpy() != 0, 3.0 / 0.6, 0.0), rtol=1e-6)
+
+
+def test_dropout_refuses_bad_seed_and_rate(kernel):
+    lib = native.library()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="seed must hold 2 values"):
+        lib.seeded_dropout(tf.ones([4]), tf.constant([1, 2, 3], tf.int64), rate=0.5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rate must be in"):
+        lib.seeded_dropout(tf.ones([4]), tf.constant([1, 2], tf.int64), rate=1.0)
+
+
+@pytest.mark.parametrize("native_on", ["1", "0"])
+def test_dropout_layer_in_training_only_with_kernel_or_keras(monkeypatch, native_on):
+    """translator.layers.Dropout: identity outside training; in training, either path drops
+    about `rate` of the elements and scales the rest; a layer's masks follow its seed."""
+    import keras
+
+    from translator.layers import Dropout
+
+    monkeypatch.setenv("TRANSLATOR_NATIVE", native_on)
+    x = tf.ones((200, 300))
+    layer = Dropout(0.25, seed=5)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    first = layer(x, training=True).numpy()
+    assert abs((first != 0).mean() - 0.75) < 0.01
+    np.testing.assert_allclose(first[first != 0], 1 / 0.75, rtol=1e-6)
+    assert not np.array_equal(layer(x, training=True).numpy(), first)  # a new mask each call
+    np.testing.assert_array_equal(Dropout(0.25, seed=5)(x, training=True).numpy(), first)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(again) is Dropout and again.get_config() == layer.get_config()

@@ -588,19 +588,40 @@ def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     assert code == 2 and "missing.txt" in err
 
 
+def _in_float32(folder) -> Translator:
+    """The folder's model computing in float32 (the tiny model trains in bfloat16 where the
+    CPU has it): same weights, no bfloat16 rounding between the ops."""
+    from translator.model import Seq2Seq
+    from translator.model_folder import load_model_folder
+
+    model, tokenizer, config = load_model_folder(folder)
+    float32 = Seq2Seq.from_config({**model.get_config(), "dtype": "float32"})
+    float32.build()
+    float32.set_weights(model.get_weights())
+    return Translator(float32, tokenizer, config)
+
+
+@pytest.mark.parametrize("precision", ["float32", "model's"])
 @pytest.mark.parametrize("beam", [1, 5])
-def test_kernel_and_tf_ops_give_the_same_translations(tiny_model, distinct, beam, monkeypatch):
-    """The compiled kernels and TensorFlow's ops (the fallback) translate the same: same
-    n-best texts, scores within 1e-5 (each traces its own search function)."""
+def test_kernel_and_tf_ops_give_the_same_translations(tiny_model, distinct, beam, precision,
+                                                       monkeypatch):
+    """The compiled kernels and TensorFlow's ops (the fallback) translate the same (each
+    traces its own search function): in float32, the same n-best texts with scores within
+    1e-5. In the model's bfloat16 the kernel's sigmoid and tanh, ~1e-7 from TensorFlow's,
+    round about 1 h value in 4,000 to the neighbouring bfloat16 value, and such
+    differences carry through the steps: the same texts, scores within 1e-2 (seen: 0.012
+    on a 10-token output)."""
     results = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
-        translator = Translator.load(tiny_model)
+        translator = (_in_float32(tiny_model) if precision == "float32"
+                      else Translator.load(tiny_model))
         results[flag] = translator.translate(distinct[:20], beam=beam, nbest=min(beam, 3),
                                              return_scores=True)
+    tolerance = 1e-5 if precision == "float32" else 1e-2
     for kernel_nbest, ops_nbest in zip(results["1"], results["0"]):
         if beam == 1:  # one Hypothesis per input, not a list
             kernel_nbest, ops_nbest = [kernel_nbest], [ops_nbest]
         assert [h.text for h in kernel_nbest] == [h.text for h in ops_nbest]
         np.testing.assert_allclose([h.score for h in kernel_nbest],
-                                   [h.score for h in ops_nbest], rtol=1e-5, atol=1e-5)
+                                   [h.score for h in ops_nbest], rtol=tolerance, atol=1e-5)

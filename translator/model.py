@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from translator.layers import LSTM, Attention, Bridge, Encoder
+from translator.layers import LSTM, Attention, Bridge, Dropout, Encoder
 from translator.tokenizer import PAD_ID
 
 STATIC_KEYS = ("memory", "keys", "mask")  # per-sentence decoder state, fixed during search
@@ -84,7 +84,7 @@ class Seq2Seq(keras.Model):
         self.attentional = layers.Dense(attentional_dim, activation="tanh", name="attentional",
                                         dtype=dtype)
         self.attentional.build((None, 2 * encoder_units + decoder_units))  # see _attend
-        self.dropout = layers.Dropout(dropout, dtype=dtype)
+        self.dropout = Dropout(dropout, dtype=dtype)
         if not tie_embeddings:
             self.output_proj = layers.Dense(tgt_vocab_size, name="output_proj", dtype=dtype)
         else:

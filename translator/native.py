@@ -1,21 +1,23 @@
-"""The project's compiled kernels (translator/csrc/kernels.cc), and the switch to TensorFlow's
+"""The project's compiled kernels (translator/csrc/*.cc), and the switch to TensorFlow's
 own ops where they cannot be built.
 
-* TopKLogNorm, for the searches: each step needs, from the vocabulary-wide logits of every
-  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU ops take five
-  passes over the logits for that (cast, chunk maxima, two top-k, softmax), as long as the
-  output matmul itself; the kernel reads each row once (beam 5 at 1,280 rows: 5 ms
-  against 14 ms).
-* LstmCell and LstmCellGrad, for every LSTM step (translator.recurrence): the gate
-  arithmetic of a step, forward and backward, in one op each instead of a dozen and two
-  dozen element-wise TensorFlow ops.
+* TopKLogNorm (top_k.cc), for the searches: each step needs, from the vocabulary-wide
+  logits of every hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU
+  ops take five passes over the logits for that (cast, chunk maxima, two top-k, softmax),
+  as long as the output matmul itself; the kernel reads each row once (beam 5 at 1,280
+  rows: 5 ms against 14 ms).
+* LstmCell and LstmCellGrad (lstm_cell.cc), for every LSTM step (translator.recurrence):
+  the gate arithmetic of a step, forward and backward, in one op each instead of a dozen
+  and two dozen element-wise TensorFlow ops.
+* SeededDropout (dropout.cc), for training: the dropout mask hashed from each element's
+  position and a seed, in one pass (6x TensorFlow's stateless dropout).
 
-The file is compiled on first use with the machine's C++ compiler against the installed
-TensorFlow (about 10 s, once per machine and TensorFlow version) and cached under
-$TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
+The files are compiled on first use with the machine's C++ compiler against the installed
+TensorFlow (about 15 s, once per machine and TensorFlow version) into one library, cached
+under $TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
 TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
 ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
-puts exactly tied tokens in id order).
+puts exactly tied tokens in id order; dropout draws other, equally likely masks).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import tensorflow as tf
 
-SOURCE = Path(__file__).parent / "csrc" / "kernels.cc"
+SOURCE_DIR = Path(__file__).parent / "csrc"  # *.cc compiled together; *.h they include
 _FLAGS = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
 _COMPILE_TIMEOUT_S = 300
 
@@ -65,12 +67,17 @@ def _cpu_flags() -> str:
 
 
 def library_path(compiler: str) -> Path:
-    """Where the library for this source, TensorFlow, compiler and CPU is cached."""
-    key = "\n".join([SOURCE.read_text(), tf.__version__, compiler, " ".join(_FLAGS),
+    """Where the library for these sources, TensorFlow, compiler and CPU is cached."""
+    sources = [f.read_text() for f in _files("*.h") + _files("*.cc")]
+    key = "\n".join([*sources, tf.__version__, compiler, " ".join(_FLAGS),
                      " ".join(tf.sysconfig.get_compile_flags()), platform.machine(),
                      _cpu_flags(), sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / f"kernels-{digest}.so"
+
+
+def _files(pattern: str) -> list[Path]:
+    return sorted(SOURCE_DIR.glob(pattern))
 
 
 def _compiler() -> str | None:
@@ -81,13 +88,13 @@ def _compiler() -> str | None:
 
 
 def build(compiler: str, target: Path) -> None:
-    """Compiles SOURCE into target (written under a temporary name, then renamed, so a
+    """Compiles the sources into target (written under a temporary name, then renamed, so a
     concurrent or interrupted build never leaves a half-written library)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        command = [compiler, *_FLAGS, str(SOURCE), "-o", tmp,
+        command = [compiler, *_FLAGS, *map(str, _files("*.cc")), "-o", tmp,
                    *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
         done = subprocess.run(command, capture_output=True, text=True,
                               timeout=_COMPILE_TIMEOUT_S)
@@ -106,9 +113,11 @@ def _load() -> Any | None:
         _warn("no C++ compiler found (set CXX)")
         return None
     try:
+        if not _files("*.cc"):
+            raise FileNotFoundError(f"no kernel sources in {SOURCE_DIR}")
         target = library_path(compiler)
         if not target.exists():
-            print(f"translator: compiling {SOURCE.name} (once, ~10 s) "
+            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~15 s) "
                   f"into {target.parent}", file=sys.stderr, flush=True)
             build(compiler, target)
         return tf.load_op_library(str(target))
@@ -188,3 +197,21 @@ def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
     dc = tf.zeros_like(c) if dc is None else dc
     dz, dc_prev = library().lstm_cell_grad(dh, tf.zeros_like(h), dc, tf.zeros_like(c), saved)
     return [dz] * len(parts) + [dc_prev]
+
+
+@tf.autograph.experimental.do_not_convert
+def dropout(x: Any, rate: float, seed: Any) -> Any | None:
+    """x (float32 or bfloat16, any shape), rate in [0, 1), seed int [2] -> x with each
+    element kept (and divided by 1 - rate) with probability 1 - rate, else 0; the mask is
+    a function of the seed and the element's position. None when the kernels are not
+    available."""
+    lib = library()
+    if lib is None or x.dtype.name not in _KERNEL_DTYPES:
+        return None
+    return lib.seeded_dropout(x, tf.cast(seed, tf.int64), rate=rate)
+
+
+@tf.RegisterGradient("SeededDropout")
+def _seeded_dropout_gradient(op: Any, dy: Any) -> list:
+    """The same mask and scale applied to the gradient; none for the seed."""
+    return [library().seeded_dropout(dy, op.inputs[1], rate=op.get_attr("rate")), None]
