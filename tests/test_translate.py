@@ -603,8 +603,8 @@ def _in_float32(folder) -> Translator:
 
 @pytest.mark.parametrize("precision", ["float32", "model's"])
 @pytest.mark.parametrize("beam", [1, 5])
-def test_kernel_and_tf_ops_give_the_same_translations(tiny_model, distinct, beam, precision,
-                                                       monkeypatch):
+def test_kernel_and_tf_ops_give_the_same_translations(
+        tiny_model, distinct, beam, precision, monkeypatch):
     """The compiled kernels and TensorFlow's ops (the fallback) translate the same (each
     traces its own search function): in float32, the same n-best texts with scores within
     1e-5. In the model's bfloat16 the kernel's sigmoid and tanh, ~1e-7 from TensorFlow's,
