@@ -1,17 +1,12 @@
-"""Speed of the compiled kernels (translator/native.py) against TensorFlow's ops, in one run.
+"""Decoding speed with the compiled kernels (translator/native.py) against TensorFlow's ops,
+in one run.
 
-This machine's speed drifts by 10-20% over minutes, more than the kernels are worth in
-training, so the two variants are built side by side in one process (each traced with
-TRANSLATOR_NATIVE set accordingly; the switch is read when a function is traced) and
-timed interleaved:
-
-  decoding  a trained model folder translating Multi30k test_2016_flickr through
-            Translator.translate, greedy and beam 5; whole passes over the 1,000
-            sentences alternate between the variants (sentences/s, medians);
-  training  train_on_batch on real batches at the peers' size in mixed bfloat16 (as
-            bench/train_speed.py builds them); each batch runs on both variants in turn,
-            so every batch is timed on both at nearly the same moment. Reported: target
-            tokens/s from the per-batch medians and the median per-batch speed-up.
+This machine's speed drifts by 10-20% over minutes, so the two variants are built side by
+side in one process (each traced with TRANSLATOR_NATIVE set accordingly; the switch is
+read when a function is traced) and timed interleaved: a trained model folder translating
+Multi30k test_2016_flickr through Translator.translate, greedy and beam 5; whole passes
+over the 1,000 sentences alternate between the variants (sentences/s, medians). For
+training, bench/train_ablation.py turns off each kernel (and the fused Adam) alone.
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/kernels_ab.py --model models/base
 """
@@ -32,14 +27,10 @@ VARIANTS = {"tf-ops": "0", "kernels": "1"}  # name -> TRANSLATOR_NATIVE while tr
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="trained model folder for the decoding A/B "
-                        "(without it, decoding is skipped)")
+    parser.add_argument("--model", required=True, help="trained model folder")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5, help="decoding passes per variant")
-    parser.add_argument("--train-repeats", type=int, default=6,
-                        help="passes over the timed training batches (0: no training A/B)")
-    parser.add_argument("--steps", type=int, default=40, help="timed training batches")
     parser.add_argument("--name", default="kernels_ab", help="results file name")
     return parser.parse_args(argv)
 
@@ -85,41 +76,6 @@ def decode_ab(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def train_ab(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import train_speed as ts
-
-    settings = ts.parse_args(["--sizes", "peers", "--precision", "mixed_bfloat16"])
-    config = ts.make_config("peers", "mixed_bfloat16", settings)
-    tokenizer = flops.bench_tokenizer(config.tokenizer.vocab_size)
-    batches = ts.real_batches(tokenizer, config, 10 + args.steps, None)
-    warmup, timed = batches[:10], batches[10:]
-
-    def build() -> Any:
-        model = ts.compiled_model(config, tokenizer)
-        ts.run_steps(model, warmup + [ts.reshaped_batch(batches[0])])
-        ts.run_steps(model, timed)  # every timed shape traced
-        return model
-
-    models = {v: traced_as(v, build) for v in VARIANTS}
-    seconds = {v: np.zeros((args.train_repeats, len(timed))) for v in VARIANTS}
-    for repeat in range(args.train_repeats):
-        for i, (x, y) in enumerate(timed):
-            order = list(VARIANTS) if (repeat + i) % 2 == 0 else list(VARIANTS)[::-1]
-            for variant in order:
-                start = time.perf_counter()
-                models[variant].train_on_batch(x, y)
-                seconds[variant][repeat, i] = time.perf_counter() - start
-    tokens = ts.batch_lengths(timed)["target_tokens"]
-    speed = {v: tokens / float(np.median(s, 0).sum()) for v, s in seconds.items()}
-    ratio = float(np.median(seconds["tf-ops"] / seconds["kernels"]))
-    print(f"training peers bfloat16: TensorFlow ops {speed['tf-ops']:,.0f}, kernels "
-          f"{speed['kernels']:,.0f} target tokens/s (per-batch medians); median per-batch "
-          f"speed-up {ratio:.3f}x", flush=True)
-    return {"target_tokens_per_s": speed, "median_batch_speedup": ratio,
-            "seconds": {v: s.tolist() for v, s in seconds.items()}}
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flops.quiet_tensorflow()
@@ -128,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the compiled kernels are not available here: nothing to compare")
     results: dict[str, Any] = {"benchmark": "kernels_ab", "machine": info,
                                "settings": vars(args)}
-    if args.model:
-        results["decoding"] = decode_ab(args)
-    if args.train_repeats:
-        results["training"] = train_ab(args)
+    results["decoding"] = decode_ab(args)
     print(f"results: {flops.write_results(args.name, results)}")
 
 

@@ -122,10 +122,19 @@ def test_dot_attention_needs_matching_sizes():
         make_model(attention="dot", decoder_units=12)
 
 
-def test_bfloat16_model_keeps_float32_logits():
+def test_bfloat16_model_gives_bfloat16_logits_and_a_float32_loss():
+    """Training logits stay in the compute dtype (no cast pass); the loss reads them as
+    they are and computes in float32: equal to the loss of the same values in float32."""
     model = make_model(dtype="mixed_bfloat16")
     assert model.decoder_lstms[0].compute_dtype == "bfloat16"
-    assert model(batch()).dtype == "float32"
+    logits = model(batch())
+    assert logits.dtype == "bfloat16"
+    labels = np.array([[11, 12, 13, 3], [14, 3, 0, 0]], "int32")  # batch()'s targets, shifted
+    loss_fn = MaskedCrossEntropy(0.1)
+    loss = loss_fn(labels, logits)
+    assert loss.dtype == "float32"
+    np.testing.assert_allclose(float(loss), float(loss_fn(labels, tf.cast(logits, "float32"))),
+                               rtol=1e-6)
 
 
 def test_loss_ignores_padding_and_applies_label_smoothing():

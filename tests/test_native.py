@@ -211,3 +211,56 @@ def test_dropout_layer_in_training_only_with_kernel_or_keras(monkeypatch, native
     np.testing.assert_array_equal(Dropout(0.25, seed=5)(x, training=True).numpy(), first)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(again) is Dropout and again.get_config() == layer.get_config()
+
+
+# ---- SmoothedCrossEntropy -----------------------------------------------------------------
+
+
+def _cross_entropy_reference(logits: np.ndarray, labels: np.ndarray, smoothing: float):
+    """Loss [N] and d(sum of loss * upstream)/d logits, in float64."""
+    z = logits.astype("float64")
+    top = z.max(1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(z - top).sum(1))
+    rows = np.arange(len(z))
+    loss = log_norm - (1 - smoothing) * z[rows, labels] - smoothing * z.mean(1)
+    target = np.full_like(z, smoothing / z.shape[1])
+    target[rows, labels] += 1 - smoothing
+    return loss, np.exp(z - log_norm[:, None]) - target
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("vocab", [8000, 37, 16])  # whole and partial blocks of lanes
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_kernel_and_gradient_against_float64(kernel, dtype, vocab, smoothing):
+    rng = np.random.default_rng(vocab)
+    logits = tf.cast(rng.normal(0, 4, (70, vocab)).astype("float32"), dtype)
+    labels = rng.integers(0, vocab, 70).astype("int32")
+    labels[:3] = [0, vocab - 1, 0]  # both ends of the vocabulary
+    upstream = rng.random(70).astype("float32")
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = native.smoothed_cross_entropy(logits, tf.constant(labels), smoothing)
+        weighted = tf.reduce_sum(loss * upstream)
+    gradient = tape.gradient(weighted, logits)
+    assert loss.dtype == tf.float32 and gradient.dtype == logits.dtype
+    want_loss, want_grad = _cross_entropy_reference(
+        tf.cast(logits, "float32").numpy(), labels, smoothing)
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-6, atol=2e-5)
+    # the gradient is rounded to the logits' dtype (bfloat16: 8 bits)
+    atol = 1e-6 if dtype == "float32" else 4e-3
+    np.testing.assert_allclose(tf.cast(gradient, "float64").numpy(),
+                               want_grad * upstream[:, None], atol=atol)
+
+
+def test_cross_entropy_kernel_refuses_labels_outside_the_vocabulary(kernel):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="label 5 at row 1 is outside the vocabulary of 5"):
+        native.smoothed_cross_entropy(tf.zeros([2, 5]), tf.constant([0, 5]), 0.1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be"):
+        native.smoothed_cross_entropy(tf.zeros([2, 5]), tf.constant([0]), 0.1)
+
+
+def test_cross_entropy_kernel_gives_nan_for_non_finite_logits(kernel):
+    logits = tf.constant([[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
+    loss = native.smoothed_cross_entropy(logits, tf.constant([0, 0, 0]), 0.1).numpy()
+    assert np.isnan(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])

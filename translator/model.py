@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from translator import native
 from translator.layers import LSTM, Attention, Bridge, Dropout, Encoder
 from translator.tokenizer import PAD_ID
 
@@ -106,7 +107,10 @@ class Seq2Seq(keras.Model):
                 hidden = lstm(hidden, initial_state=(h, c), training=training)[0]
                 hidden = self.dropout(hidden, training=training)
             attentional, _ = self._attend(hidden, state)
-        return self.logits(self.dropout(attentional, training=training))
+        # in the compute dtype: the loss reads bfloat16 logits as they are and computes in
+        # float32 (a cast would be a pass over [batch, tgt_len, vocab] each way and add no
+        # precision: the matmul's output is already rounded to bfloat16)
+        return self.logits(self.dropout(attentional, training=training), float32=False)
 
     def _feed_loop(self, embedded, state, training):
         """Input feeding over time: embedded [batch, tgt_len, emb] -> [batch, tgt_len, att].
@@ -257,6 +261,10 @@ def smoothed_cross_entropy(labels, logits, smoothing: float):
     """
     vocab = tf.shape(logits)[-1]
     flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    fast = native.smoothed_cross_entropy(tf.reshape(logits, [-1, vocab]), flat_labels,
+                                         float(smoothing))
+    if fast is not None:
+        return tf.reshape(fast, tf.shape(labels))
     smoothing = tf.constant(smoothing, tf.float32)
 
     @tf.custom_gradient
@@ -302,6 +310,15 @@ class MaskedCrossEntropy(keras.losses.Loss):
                  **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """As Keras' Loss.__call__, except that the logits keep their dtype (Keras would
+        cast bfloat16 logits to float32 first; smoothed_cross_entropy computes in float32
+        whatever it reads)."""
+        if sample_weight is not None:
+            return super().__call__(y_true, y_pred, sample_weight)
+        with tf.name_scope(self.name):
+            return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
 
     def call(self, y_true, y_pred):
         loss = smoothed_cross_entropy(y_true, y_pred, self.label_smoothing)

@@ -215,3 +215,23 @@ def dropout(x: Any, rate: float, seed: Any) -> Any | None:
 def _seeded_dropout_gradient(op: Any, dy: Any) -> list:
     """The same mask and scale applied to the gradient; none for the seed."""
     return [library().seeded_dropout(dy, op.inputs[1], rate=op.get_attr("rate")), None]
+
+
+@tf.autograph.experimental.do_not_convert
+def smoothed_cross_entropy(logits: Any, labels: Any, smoothing: float) -> Any | None:
+    """logits [N, V] (float32 or bfloat16), labels int32 [N] -> float32 [N], each row's
+    cross-entropy against (1 - smoothing) on its label plus smoothing / V everywhere,
+    differentiable in the logits. None when the kernels are not available."""
+    lib = library()
+    if lib is None or logits.dtype.name not in _KERNEL_DTYPES:
+        return None
+    return lib.smoothed_cross_entropy(logits, labels, smoothing=smoothing)[0]
+
+
+@tf.RegisterGradient("SmoothedCrossEntropy")
+def _smoothed_cross_entropy_gradient(op: Any, dloss: Any, _dlog_norm: Any) -> list:
+    """upstream * (softmax - target) from the saved log-normaliser. The log_norm output
+    is internal (smoothed_cross_entropy returns only the loss): no gradient flows from it."""
+    grad = library().smoothed_cross_entropy_grad(
+        op.inputs[0], op.inputs[1], op.outputs[1], dloss, smoothing=op.get_attr("smoothing"))
+    return [grad, None]
