@@ -75,7 +75,13 @@ class LSTM(layers.Layer):
     def call(self, inputs, initial_state=None, lengths=None, training=None):
         kernel, recurrent_kernel, bias = self._weights()
         time_major = ops.transpose(ops.cast(inputs, self.compute_dtype), (1, 0, 2))
-        projected = ops.matmul(time_major, kernel) + bias
+        # one 2-D matmul with its bias: TensorFlow fuses MatMul + BiasAdd into one pass (a
+        # separate bfloat16 add over [time, batch, 4 * units] cost as much as a third of
+        # the matmul; decoding 1.03x)
+        steps = tf.shape(time_major)[:2]
+        flat = tf.reshape(time_major, [-1, time_major.shape[-1]])
+        projected = tf.reshape(tf.nn.bias_add(tf.matmul(flat, kernel), bias),
+                               tf.concat([steps, [4 * self.units]], 0))
         if initial_state is None:
             zeros = ops.zeros((ops.shape(inputs)[0], self.units), self.compute_dtype)
             initial_state = (zeros, zeros)
