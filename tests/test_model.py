@@ -240,3 +240,27 @@ def test_kernel_and_tf_ops_give_the_same_gradients(input_feeding, monkeypatch):
         gradients[flag] = [g.numpy() for g in grads(batch())]
     for with_kernels, with_ops in zip(gradients["1"], gradients["0"]):
         np.testing.assert_allclose(with_kernels, with_ops, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dot", "general"])
+def test_attention_outside_training_kernel_equals_tf_ops(kind, monkeypatch):
+    """Outside training the attention runs on the compiled kernel where it is available
+    (translator.native.grouped_attention); in float32 it agrees with TensorFlow's ops, for
+    whole target sequences and for a beam's grouped queries, padding masked."""
+    from translator.layers import Attention
+
+    rng = np.random.default_rng(3)
+    layer = Attention(kind, 16, 16)
+    memory = tf.constant(rng.normal(size=(3, 6, 16)).astype("float32"))
+    mask = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])
+    keys = layer.keys(memory)
+    for query_shape in [(3, 5, 16), (3 * 4, 1, 16)]:  # 5 target positions; a beam of 4
+        query = tf.constant(rng.normal(size=query_shape).astype("float32"))
+        results = {}
+        for flag in ("1", "0"):
+            monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
+            results[flag] = layer(query, keys, memory, mask, training=False)
+        for kernel_out, ops_out in zip(results["1"], results["0"]):
+            np.testing.assert_allclose(kernel_out.numpy(), ops_out.numpy(), atol=1e-6)
+        weights = results["1"][1].numpy().reshape(3, -1, 6)  # per sentence
+        assert np.all(weights[2, :, 2:] == 0) and np.all(weights[1, :, 4:] == 0)  # padding

@@ -264,3 +264,45 @@ def test_cross_entropy_kernel_gives_nan_for_non_finite_logits(kernel):
     logits = tf.constant([[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
     loss = native.smoothed_cross_entropy(logits, tf.constant([0, 0, 0]), 0.1).numpy()
     assert np.isnan(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])
+
+
+# ---- GroupedAttention ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("sentences,group,length,depth,width", [
+    (6, 5, 7, 48, 40),   # a beam of 5; depths not a multiple of the 16 lanes
+    (3, 1, 4, 16, 16),   # greedy
+    (2, 19, 5, 32, 24),  # 19 target positions: chunks of 8, 8 and 3 queries
+])
+def test_grouped_attention_against_float64(kernel, dtype, sentences, group, length, depth,
+                                           width):
+    rng = np.random.default_rng(group)
+    query = rng.normal(size=(sentences * group, depth)).astype("float32") / 4
+    keys = rng.normal(size=(sentences, length, depth)).astype("float32")
+    memory = rng.normal(size=(sentences, length, width)).astype("float32")
+    mask = rng.random((sentences, length)) < 0.7
+    mask[:, 0] = True
+    mask[-1] = False  # a sentence with no valid position: uniform weights, as -1e9 gives
+    context, weights = native.grouped_attention(
+        *(tf.cast(x, dtype) for x in (query, keys, memory)), tf.constant(mask))
+    as64 = [tf.cast(tf.cast(x, dtype), "float64").numpy() for x in (query, keys, memory)]
+    q = as64[0].reshape(sentences, group, depth)
+    scores = np.where(mask[:, None, :], np.einsum("agd,asd->ags", q, as64[1]), -1e9)
+    want = np.exp(scores - scores.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    tolerance = 1e-6 if dtype == "float32" else 1e-2  # bfloat16 outputs: 8 bits
+    np.testing.assert_allclose(tf.cast(weights, "float64").numpy(),
+                               want.reshape(-1, length), atol=tolerance)
+    np.testing.assert_allclose(tf.cast(context, "float64").numpy(),
+                               np.einsum("ags,asm->agm", want, as64[2]).reshape(-1, width),
+                               atol=tolerance * 4)
+
+
+def test_grouped_attention_refuses_mismatched_shapes(kernel):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be a multiple"):
+        native.grouped_attention(tf.zeros([7, 4]), tf.zeros([2, 3, 4]), tf.zeros([2, 3, 5]),
+                                 tf.ones([2, 3], bool))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shapes do not match"):
+        native.grouped_attention(tf.zeros([4, 4]), tf.zeros([2, 3, 4]), tf.zeros([2, 2, 5]),
+                                 tf.ones([2, 3], bool))

@@ -98,6 +98,24 @@ def model_copy(tiny_model: Path, destination: Path) -> Path:
 # ---- fixtures -------------------------------------------------------------------------
 
 
+def _in_float32(folder) -> Translator:
+    """The folder's model computing in float32 (the tiny model trains in bfloat16 where the
+    CPU has it): same weights, no bfloat16 rounding between the ops."""
+    from translator.model import Seq2Seq
+    from translator.model_folder import load_model_folder
+
+    model, tokenizer, config = load_model_folder(folder)
+    float32 = Seq2Seq.from_config({**model.get_config(), "dtype": "float32"})
+    float32.build()
+    float32.set_weights(model.get_weights())
+    return Translator(float32, tokenizer, config)
+
+
+@pytest.fixture(scope="module")
+def tiny_float32(tiny_model) -> Translator:
+    return _in_float32(tiny_model)
+
+
 @pytest.fixture(scope="module")
 def english(multi30k_slice) -> list[str]:
     """The English side of the 100 Multi30k test pairs."""
@@ -139,10 +157,13 @@ def test_string_gives_string_and_list_gives_list_of_strings(tiny_translator, dis
     assert tiny_translator.translate([]) == []
 
 
-def test_beam_of_one_is_greedy_argmax_decoding(tiny_translator, distinct):
-    """beam=1 equals a hand-written argmax loop over the model's encode/decode_step."""
-    model, tokenizer = tiny_translator.model, tiny_translator.tokenizer
-    decoding = tiny_translator.config.decoding
+def test_beam_of_one_is_greedy_argmax_decoding(tiny_float32, distinct):
+    """beam=1 equals a hand-written argmax loop over the model's encode/decode_step. In
+    float32: in bfloat16 the eager loop and the compiled search round differently (the
+    graph fuses a matmul with its bias, eager adds it after rounding), and near-ties then
+    go either way (bench/decode_speed.py counts such differences)."""
+    model, tokenizer = tiny_float32.model, tiny_float32.tokenizer
+    decoding = tiny_float32.config.decoding
     for sentence in distinct[:3]:
         source = encode_sources(tokenizer, [sentence])
         max_len = max(1, math.ceil(decoding.max_len_ratio * len(source[0])
@@ -155,7 +176,7 @@ def test_beam_of_one_is_greedy_argmax_decoding(tiny_translator, distinct):
             if token == EOS_ID:
                 break
             ids.append(token)
-        hyp = tiny_translator.translate(sentence, beam=1, return_scores=True)
+        hyp = tiny_float32.translate(sentence, beam=1, return_scores=True)
         assert hyp.tokens == tokenizer.pieces(ids)
         assert hyp.text == tokenizer.decode([ids])[0]
 
@@ -588,40 +609,40 @@ def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     assert code == 2 and "missing.txt" in err
 
 
-def _in_float32(folder) -> Translator:
-    """The folder's model computing in float32 (the tiny model trains in bfloat16 where the
-    CPU has it): same weights, no bfloat16 rounding between the ops."""
-    from translator.model import Seq2Seq
-    from translator.model_folder import load_model_folder
-
-    model, tokenizer, config = load_model_folder(folder)
-    float32 = Seq2Seq.from_config({**model.get_config(), "dtype": "float32"})
-    float32.build()
-    float32.set_weights(model.get_weights())
-    return Translator(float32, tokenizer, config)
-
-
-@pytest.mark.parametrize("precision", ["float32", "model's"])
 @pytest.mark.parametrize("beam", [1, 5])
 def test_kernel_and_tf_ops_give_the_same_translations(
-        tiny_model, distinct, beam, precision, monkeypatch):
-    """The compiled kernels and TensorFlow's ops (the fallback) translate the same (each
-    traces its own search function): in float32, the same n-best texts with scores within
-    1e-5. In the model's bfloat16 the kernel's sigmoid and tanh, ~1e-7 from TensorFlow's,
-    round about 1 h value in 4,000 to the neighbouring bfloat16 value, and such
-    differences carry through the steps: the same texts, scores within 1e-2 (seen: 0.012
-    on a 10-token output)."""
+        tiny_model, tiny_float32, distinct, beam, monkeypatch):
+    """The compiled kernels and TensorFlow's ops (the fallback) translate the same in
+    float32 (each traces its own search function): the same n-best texts, scores within
+    1e-5."""
     results = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
-        translator = (_in_float32(tiny_model) if precision == "float32"
-                      else Translator.load(tiny_model))
+        translator = _in_float32(tiny_model) if flag == "0" else tiny_float32
         results[flag] = translator.translate(distinct[:20], beam=beam, nbest=min(beam, 3),
                                              return_scores=True)
-    tolerance = 1e-5 if precision == "float32" else 1e-2
     for kernel_nbest, ops_nbest in zip(results["1"], results["0"]):
         if beam == 1:  # one Hypothesis per input, not a list
             kernel_nbest, ops_nbest = [kernel_nbest], [ops_nbest]
         assert [h.text for h in kernel_nbest] == [h.text for h in ops_nbest]
         np.testing.assert_allclose([h.score for h in kernel_nbest],
-                                   [h.score for h in ops_nbest], rtol=tolerance, atol=1e-5)
+                                   [h.score for h in ops_nbest], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_kernel_and_tf_ops_translate_alike_in_bfloat16(
+        tiny_model, distinct, beam, monkeypatch):
+    """In the model's bfloat16 the two paths round differently (the kernels compute in
+    float32 and round once; TensorFlow rounds the attention scores and weights to
+    bfloat16, and its sigmoid and tanh are ~1e-7 from the kernel's): near-ties can go
+    either way, but most translations are the same and the scores close."""
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
+        results[flag] = Translator.load(tiny_model).translate(distinct[:20], beam=beam,
+                                                              return_scores=True)
+    same = [a.text == b.text for a, b in zip(results["1"], results["0"])]
+    assert sum(same) >= 16, f"only {sum(same)} of 20 translations agree"
+    for a, b, equal in zip(results["1"], results["0"], same):
+        if equal:
+            assert a.score == pytest.approx(b.score, rel=0.02)

@@ -213,12 +213,20 @@ class Attention(layers.Layer):
         """memory [batch, src_len, mem] -> keys [batch, src_len, k]; computed once per sentence."""
         return memory if self.kind == "dot" else self.key_proj(memory)
 
-    def call(self, query, keys, memory, mask=None):
+    def call(self, query, keys, memory, mask=None, training=None):
         # The memory may hold one row per group of query rows (a beam search's hypotheses
         # of one sentence: query rows b * k .. b * k + k - 1 read memory row b); the
         # group's queries are then scored together, one matmul per sentence, and the
         # memory is never copied per hypothesis.
         rows, length = ops.shape(query)[0], ops.shape(query)[1]
+        if not training and self.kind != "additive" and mask is not None:
+            # outside training (no gradient needed): the compiled kernel, every sentence's
+            # keys and memory read once for all its queries (translator.native)
+            fast = native.grouped_attention(
+                ops.reshape(query, (-1, query.shape[-1])), keys, memory, mask)
+            if fast is not None:
+                return (ops.reshape(fast[0], (rows, length, memory.shape[-1])),
+                        ops.reshape(fast[1], (rows, length, ops.shape(keys)[1])))
         query = ops.reshape(query, (ops.shape(keys)[0], -1, query.shape[-1]))
         if self.kind == "additive":
             hidden = ops.tanh(ops.expand_dims(keys, 1) + ops.expand_dims(self.query_proj(query), 2))

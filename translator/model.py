@@ -106,7 +106,7 @@ class Seq2Seq(keras.Model):
             for lstm, (h, c) in zip(self.decoder_lstms, state["lstm"]):
                 hidden = lstm(hidden, initial_state=(h, c), training=training)[0]
                 hidden = self.dropout(hidden, training=training)
-            attentional, _ = self._attend(hidden, state)
+            attentional, _ = self._attend(hidden, state, training)
         # in the compute dtype: the loss reads bfloat16 logits as they are and computes in
         # float32 (a cast would be a pass over [batch, tgt_len, vocab] each way and add no
         # precision: the matmul's output is already rounded to bfloat16)
@@ -160,9 +160,10 @@ class Seq2Seq(keras.Model):
         return ops.concatenate([ops.cast(self.tgt_embedding.embeddings, dtype),
                                 high[:, None], low[:, None]], 1)
 
-    def _attend(self, hidden, state):
+    def _attend(self, hidden, state, training=None):
         """hidden [batch, T, dec] -> attentional [batch, T, att], weights [batch, T, src_len]."""
-        context, weights = self.attention(hidden, state["keys"], state["memory"], state["mask"])
+        context, weights = self.attention(hidden, state["keys"], state["memory"], state["mask"],
+                                          training=training)
         kernel, bias = state["weights"]["attentional"]
         return ops.tanh(ops.matmul(ops.concatenate([context, hidden], -1), kernel) + bias), weights
 
@@ -228,7 +229,7 @@ class Seq2Seq(keras.Model):
             x, c = lstm.step(x, (h, c), weights, training=training)
             new_lstm.append((x, c))
             x = self.dropout(x, training=training)
-        attentional, weights = self._attend(ops.expand_dims(x, 1), state)
+        attentional, weights = self._attend(ops.expand_dims(x, 1), state, training)
         attentional = ops.squeeze(attentional, 1)
         new_state = {**state, "lstm": new_lstm}
         if self.input_feeding:

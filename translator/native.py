@@ -11,9 +11,13 @@ own ops where they cannot be built.
   and two dozen element-wise TensorFlow ops.
 * SeededDropout (dropout.cc), for training: the dropout mask hashed from each element's
   position and a seed, in one pass (6x TensorFlow's stateless dropout).
+* SmoothedCrossEntropy and its gradient (cross_entropy.cc), for training: the
+  label-smoothed loss over the bfloat16 logits, one read of them each way.
+* GroupedAttention (attention.cc), outside training: a sentence's keys and memory read
+  once for all its queries (a beam's hypotheses), instead of two tiny batched matmuls.
 
 The files are compiled on first use with the machine's C++ compiler against the installed
-TensorFlow (about 15 s, once per machine and TensorFlow version) into one library, cached
+TensorFlow (about 20 s, once per machine and TensorFlow version) into one library, cached
 under $TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
 TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
 ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
@@ -117,7 +121,7 @@ def _load() -> Any | None:
             raise FileNotFoundError(f"no kernel sources in {SOURCE_DIR}")
         target = library_path(compiler)
         if not target.exists():
-            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~15 s) "
+            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~20 s) "
                   f"into {target.parent}", file=sys.stderr, flush=True)
             build(compiler, target)
         return tf.load_op_library(str(target))
@@ -235,3 +239,15 @@ def _smoothed_cross_entropy_gradient(op: Any, dloss: Any, _dlog_norm: Any) -> li
     grad = library().smoothed_cross_entropy_grad(
         op.inputs[0], op.inputs[1], op.outputs[1], dloss, smoothing=op.get_attr("smoothing"))
     return [grad, None]
+
+
+@tf.autograph.experimental.do_not_convert
+def grouped_attention(query: Any, keys: Any, memory: Any, mask: Any) -> tuple[Any, Any] | None:
+    """Dot-product attention, no gradient (searches and evaluation): query [A * g, D],
+    keys [A, S, D], memory [A, S, M] (one dtype, float32 or bfloat16), mask bool [A, S]
+    -> context [A * g, M], weights [A * g, S]; query rows a * g .. a * g + g - 1 read
+    sentence a. None when the kernels are not available."""
+    lib = library()
+    if lib is None or query.dtype.name not in _KERNEL_DTYPES:
+        return None
+    return tuple(lib.grouped_attention(query, keys, memory, mask))
