@@ -17,7 +17,7 @@ own ops where they cannot be built.
   once for all its queries (a beam's hypotheses), instead of two tiny batched matmuls.
 
 The files are compiled on first use with the machine's C++ compiler against the installed
-TensorFlow (about 20 s, once per machine and TensorFlow version) into one library, cached
+TensorFlow (about 25 s, once per machine and TensorFlow version) into one library, cached
 under $TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
 TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
 ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
@@ -40,7 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 SOURCE_DIR = Path(__file__).parent / "csrc"  # *.cc compiled together; *.h they include
-_FLAGS = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
+_FLAGS = ["-fPIC", "-O3", "-march=native", "-w"]  # for each object file; linked -shared
 _COMPILE_TIMEOUT_S = 300
 
 _lock = threading.Lock()
@@ -92,23 +92,44 @@ def _compiler() -> str | None:
 
 
 def build(compiler: str, target: Path) -> None:
-    """Compiles the sources into target (written under a temporary name, then renamed, so a
-    concurrent or interrupted build never leaves a half-written library)."""
+    """Compiles the sources into target: each .cc file to an object file, all at once (the
+    compiler is single-threaded), then one link. The library is written under a temporary
+    name, then renamed, so a concurrent or interrupted build never leaves a half-written
+    one; the object files live in a temporary folder beside it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        command = [compiler, *_FLAGS, *map(str, _files("*.cc")), "-o", tmp,
-                   *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=_COMPILE_TIMEOUT_S)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}:\n"
-                               f"{done.stderr.strip()[-2000:]}")
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
+            objects = []
+            running = []
+            for source in _files("*.cc"):
+                objects.append(str(Path(work) / f"{source.stem}.o"))
+                running.append(subprocess.Popen(
+                    [compiler, *_FLAGS, "-c", str(source), "-o", objects[-1],
+                     *tf.sysconfig.get_compile_flags()],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            for process in running:
+                _finish(compiler, process)
+            _finish(compiler, subprocess.Popen(
+                [compiler, "-shared", *objects, "-o", tmp, *tf.sysconfig.get_link_flags()],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _finish(compiler: str, process: subprocess.Popen) -> None:
+    """Waits for one compiler run; its error output in the exception if it failed."""
+    try:
+        _, errors = process.communicate(timeout=_COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"{compiler} exited with {process.returncode}:\n"
+                           f"{errors.strip()[-2000:]}")
 
 
 def _load() -> Any | None:
@@ -121,7 +142,7 @@ def _load() -> Any | None:
             raise FileNotFoundError(f"no kernel sources in {SOURCE_DIR}")
         target = library_path(compiler)
         if not target.exists():
-            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~20 s) "
+            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~25 s) "
                   f"into {target.parent}", file=sys.stderr, flush=True)
             build(compiler, target)
         return tf.load_op_library(str(target))
