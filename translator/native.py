@@ -153,7 +153,7 @@ def _load() -> Any | None:
 
 def _warn(reason: str) -> None:
     print(f"translator: the compiled kernels are not available ({reason}); using TensorFlow's "
-          "ops instead (same results, slower). TRANSLATOR_NATIVE=0 skips them.",
+          "ops instead (the same model, slower). TRANSLATOR_NATIVE=0 skips them.",
           file=sys.stderr, flush=True)
 
 
