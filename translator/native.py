@@ -168,18 +168,24 @@ def library() -> Any | None:
         return _state["module"]
 
 
+_KERNEL_DTYPES = ("float32", "bfloat16")
+
+
+def _library_for(x: Any) -> Any | None:
+    """The op library when it is loaded and x's dtype is one the kernels take, else None."""
+    lib = library()
+    return lib if lib is not None and x.dtype.name in _KERNEL_DTYPES else None
+
+
 @tf.autograph.experimental.do_not_convert
 def top_k_log_norm(logits: Any, k: int) -> tuple[Any, Any, Any] | None:
     """logits [N, V] float32 or bfloat16 -> (values float32 [N, k], indices int32 [N, k],
     log_norm float32 [N]), the top k by value (the lower index first among equal values),
     or None when the kernel is not available."""
-    lib = library()
+    lib = _library_for(logits)
     if lib is None:
         return None
     return tuple(lib.top_k_log_norm(logits, k=k))
-
-
-_KERNEL_DTYPES = ("float32", "bfloat16")
 
 
 @tf.autograph.experimental.do_not_convert
@@ -189,8 +195,8 @@ def lstm_cell(parts: list, c: Any, save: bool = True) -> tuple[Any, Any, Any] | 
     in z's dtype, the new c float32, and what lstm_cell_grad needs, float32
     [batch, 6 * units] (i, f, g, o, tanh(new c), c), or [batch, 0] when save is False.
     None when the kernels are not available."""
-    lib = library()
-    if lib is None or parts[0].dtype.name not in _KERNEL_DTYPES:
+    lib = _library_for(parts[0])
+    if lib is None:
         return None
     return tuple(lib.lstm_cell(parts, tf.cast(c, tf.float32), save=save))
 
@@ -202,8 +208,8 @@ def lstm_cell_grad(dh: Any, dh_next: Any, dc: Any, dc_next: Any, saved: Any
     the next step's recurrent matmul, both in the compute dtype) and c (float32), and
     lstm_cell's saved activations -> dz [batch, 4 * units] in dh's dtype, and the gradient
     of the previous c, float32. None when the kernels are not available."""
-    lib = library()
-    if lib is None or dh.dtype.name not in _KERNEL_DTYPES:
+    lib = _library_for(dh)
+    if lib is None:
         return None
     return tuple(lib.lstm_cell_grad(dh, tf.cast(dh_next, dh.dtype), dc, dc_next, saved))
 
@@ -230,8 +236,8 @@ def dropout(x: Any, rate: float, seed: Any) -> Any | None:
     element kept (and divided by 1 - rate) with probability 1 - rate, else 0; the mask is
     a function of the seed and the element's position. None when the kernels are not
     available."""
-    lib = library()
-    if lib is None or x.dtype.name not in _KERNEL_DTYPES:
+    lib = _library_for(x)
+    if lib is None:
         return None
     return lib.seeded_dropout(x, tf.cast(seed, tf.int64), rate=rate)
 
@@ -247,8 +253,8 @@ def smoothed_cross_entropy(logits: Any, labels: Any, smoothing: float) -> Any | 
     """logits [N, V] (float32 or bfloat16), labels int32 [N] -> float32 [N], each row's
     cross-entropy against (1 - smoothing) on its label plus smoothing / V everywhere,
     differentiable in the logits. None when the kernels are not available."""
-    lib = library()
-    if lib is None or logits.dtype.name not in _KERNEL_DTYPES:
+    lib = _library_for(logits)
+    if lib is None:
         return None
     return lib.smoothed_cross_entropy(logits, labels, smoothing=smoothing)[0]
 
@@ -268,7 +274,7 @@ def grouped_attention(query: Any, keys: Any, memory: Any, mask: Any) -> tuple[An
     keys [A, S, D], memory [A, S, M] (one dtype, float32 or bfloat16), mask bool [A, S]
     -> context [A * g, M], weights [A * g, S]; query rows a * g .. a * g + g - 1 read
     sentence a. None when the kernels are not available."""
-    lib = library()
-    if lib is None or query.dtype.name not in _KERNEL_DTYPES:
+    lib = _library_for(query)
+    if lib is None:
         return None
     return tuple(lib.grouped_attention(query, keys, memory, mask))
