@@ -180,11 +180,17 @@ def test_loss_gradient_equals_autodiff_of_the_plain_formula(smoothing):
     assert not grads[1][1][1, 1:].any()  # padded positions get no gradient
 
 
-def test_lstm_backward_pass_equals_autodiff_of_the_step_loop():
-    """The hand-written backward pass of translator.recurrence against TensorFlow's own
-    gradients of a plain Python loop of cells, for every input, with a loss that reads
-    both the h and the c sequences (as the encoder does at each sentence's end)."""
+@pytest.mark.parametrize("sequence_op", [True, False])
+def test_lstm_backward_pass_equals_autodiff_of_the_step_loop(sequence_op, monkeypatch):
+    """The hand-written backward pass of translator.recurrence (the LstmSequence op where
+    the kernels are available, else the tf.scan loops) against TensorFlow's own gradients
+    of a plain Python loop of cells, for every input, with a loss that reads both the h
+    and the c sequences (as the encoder does at each sentence's end)."""
+    from translator import native
     from translator.recurrence import lstm_cell, lstm_sequence
+
+    if not sequence_op:
+        monkeypatch.setattr(native, "lstm_sequence", lambda *args: None)
 
     time, rows, inputs, units = 6, 3, 5, 4
     rng = np.random.default_rng(0)

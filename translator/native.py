@@ -9,6 +9,11 @@ own ops where they cannot be built.
 * LstmCell and LstmCellGrad (lstm_cell.cc), for every LSTM step (translator.recurrence):
   the gate arithmetic of a step, forward and backward, in one op each instead of a dozen
   and two dozen element-wise TensorFlow ops.
+* LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h), for whole sequences
+  (training, and the encoder everywhere): the recurrence over all time steps in one op
+  each way, the recurrent product inside it, each worker thread running its own rows of
+  the batch from the first step to the last; TensorFlow's loop spent as long dispatching
+  a step's matmul and cell op as computing them.
 * SeededDropout (dropout.cc), for training: the dropout mask hashed from each element's
   position and a seed, in one pass (6x TensorFlow's stateless dropout).
 * SmoothedCrossEntropy and its gradient (cross_entropy.cc), for training: the
@@ -228,6 +233,35 @@ def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
     dc = tf.zeros_like(c) if dc is None else dc
     dz, dc_prev = library().lstm_cell_grad(dh, tf.zeros_like(h), dc, tf.zeros_like(c), saved)
     return [dz] * len(parts) + [dc_prev]
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_sequence(xw: Any, h0: Any, c0: Any, kernel: Any) -> tuple[Any, Any] | None:
+    """A whole LSTM sequence in one op: xw [time, batch, 4 * units] (the input projections
+    with their bias, float32 or bfloat16), h0 [batch, units], c0 [batch, units], the
+    recurrent kernel [units, 4 * units] -> every step's h (in xw's dtype) and c (float32),
+    each [time, batch, units]; differentiable in all four. None when the kernels are not
+    available."""
+    lib = _library_for(xw)
+    if lib is None:
+        return None
+    hs, cs, _ = lib.lstm_sequence(xw, tf.cast(h0, xw.dtype), tf.cast(c0, tf.float32),
+                                  tf.cast(kernel, xw.dtype))
+    return hs, cs
+
+
+@tf.RegisterGradient("LstmSequence")
+def _lstm_sequence_gradient(op: Any, dhs: Any, dcs: Any, _dsaved: Any) -> list:
+    """Back through the steps in one op (dz for every step, and the initial states'
+    gradients); the recurrent kernel's gradient is then one matmul over all steps,
+    sum_t h_{t-1}^T dz_t. The saved output is internal: no gradient flows from it."""
+    _, h0, _, kernel = op.inputs
+    hs, cs, saved = op.outputs
+    dhs = tf.zeros_like(hs) if dhs is None else dhs
+    dcs = tf.zeros_like(cs) if dcs is None else dcs
+    dzs, dh0, dc0 = library().lstm_sequence_grad(dhs, dcs, saved, kernel)
+    h_prev = tf.concat([h0[None], hs[:-1]], 0)
+    return [dzs, dh0, dc0, tf.einsum("tbu,tbg->ug", h_prev, dzs)]
 
 
 @tf.autograph.experimental.do_not_convert

@@ -81,7 +81,14 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel):
     Returns every step's h (in xw's dtype) and c (float32), each [time, batch, units]
     (time-major). Padded steps are computed like any other: callers read final states
     where each sequence ends.
+
+    With the compiled kernels the whole loop, forward and backward, is one op each way
+    (native.lstm_sequence); otherwise the tf.scan loops below.
     """
+    fast = native.lstm_sequence(xw, h0, c0, recurrent_kernel)
+    if fast is not None:
+        return fast
+
     @tf.custom_gradient
     def run(xw, h0, c0, kernel):
         def forward(carry, xw_t):

@@ -6,7 +6,7 @@
 // two ops do each direction in one pass. Gates in Keras' order: input, forget, candidate,
 // output; sigmoid and tanh from simd.h (absolute error below 1e-6).
 
-#include "simd.h"
+#include "gemm.h"
 
 namespace {
 
@@ -24,6 +24,39 @@ void ForEachBlock(OpKernelContext* ctx, int64_t rows, int64_t units, Fn fn) {
   }
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   tensorflow::Shard(workers->num_threads, workers->workers, rows, 40 * units, work);
+}
+
+// One row's units [j, j + kLanes) forward: the pre-activations pre (i, f, g, o) and the
+// previous c -> h and c stored at h_row, c_row; when saved_row is not null, also what
+// CellGradBlock reads (i, f, g, o, tanh(c), previous c, each `units` long).
+template <typename T>
+inline void CellBlock(const f32x16 pre[4], f32x16 before, int64_t j, int64_t units, T* h_row,
+                      float* c_row, float* saved_row) {
+  const f32x16 i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), g = Tanh(pre[2]), o = Sigmoid(pre[3]);
+  const f32x16 c_new = f * before + i * g, tanh_c = Tanh(c_new);
+  StorePart(h_row, j, units, o * tanh_c);
+  StorePart(c_row, j, units, c_new);
+  if (saved_row == nullptr) return;
+  const f32x16 keep[6] = {i, f, g, o, tanh_c, before};
+  for (int s = 0; s < 6; ++s) StorePart(saved_row + s * units, j, units, keep[s]);
+}
+
+// The same units backward: dh and dc, the whole gradients reaching this step's h and c
+// -> dz (i, f, g, o) at dz_row and the previous c's gradient at dc_prev_row.
+template <typename T>
+inline void CellGradBlock(const float* saved_row, f32x16 dh, f32x16 dc_in, int64_t j,
+                          int64_t units, T* dz_row, float* dc_prev_row) {
+  const f32x16 i = LoadPart(saved_row, j, units), f = LoadPart(saved_row + units, j, units);
+  const f32x16 g = LoadPart(saved_row + 2 * units, j, units);
+  const f32x16 o = LoadPart(saved_row + 3 * units, j, units);
+  const f32x16 tanh_c = LoadPart(saved_row + 4 * units, j, units);
+  const f32x16 before = LoadPart(saved_row + 5 * units, j, units), one = f32x16{} + 1.0f;
+  const f32x16 dc = dc_in + dh * o * (one - tanh_c * tanh_c);
+  StorePart(dz_row, j, units, dc * g * i * (one - i));
+  StorePart(dz_row + units, j, units, dc * before * f * (one - f));
+  StorePart(dz_row + 2 * units, j, units, dc * i * (one - g * g));
+  StorePart(dz_row + 3 * units, j, units, dh * tanh_c * o * (one - o));
+  StorePart(dc_prev_row, j, units, dc * f);
 }
 
 template <typename T>
@@ -60,14 +93,8 @@ class LstmCellOp : public OpKernel {
       f32x16 pre[4] = {};
       for (const T* z : zs)
         for (int g = 0; g < 4; ++g) pre[g] += LoadPart(z + r * 4 * units + g * units, j, units);
-      const f32x16 i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), g = Tanh(pre[2]);
-      const f32x16 o = Sigmoid(pre[3]), before = LoadPart(cp + r * units, j, units);
-      const f32x16 c_new = f * before + i * g, tanh_c = Tanh(c_new);
-      StorePart(h_out + r * units, j, units, o * tanh_c);
-      StorePart(c_out + r * units, j, units, c_new);
-      if (!save_) return;
-      const f32x16 keep[6] = {i, f, g, o, tanh_c, before};
-      for (int s = 0; s < 6; ++s) StorePart(s_out + r * 6 * units + s * units, j, units, keep[s]);
+      CellBlock(pre, LoadPart(cp + r * units, j, units), j, units, h_out + r * units,
+                c_out + r * units, save_ ? s_out + r * 6 * units : nullptr);
     });
   }
 
@@ -103,21 +130,144 @@ class LstmCellGradOp : public OpKernel {
     T* dz_out = dz->flat<T>().data();
     float* dc_out_prev = dc_prev->flat<float>().data();
     ForEachBlock(ctx, rows, units, [&](int64_t r, int64_t j) {
-      const float* row = s + r * 6 * units;
-      const f32x16 i = LoadPart(row, j, units), f = LoadPart(row + units, j, units);
-      const f32x16 g = LoadPart(row + 2 * units, j, units);
-      const f32x16 o = LoadPart(row + 3 * units, j, units);
-      const f32x16 tanh_c = LoadPart(row + 4 * units, j, units);
-      const f32x16 before = LoadPart(row + 5 * units, j, units), one = f32x16{} + 1.0f;
       const f32x16 dh = LoadPart(a + r * units, j, units) + LoadPart(b + r * units, j, units);
-      const f32x16 dc = LoadPart(c1 + r * units, j, units) + LoadPart(c2 + r * units, j, units) +
-                        dh * o * (one - tanh_c * tanh_c);
-      T* out = dz_out + r * 4 * units;
-      StorePart(out, j, units, dc * g * i * (one - i));
-      StorePart(out + units, j, units, dc * before * f * (one - f));
-      StorePart(out + 2 * units, j, units, dc * i * (one - g * g));
-      StorePart(out + 3 * units, j, units, dh * tanh_c * o * (one - o));
-      StorePart(dc_out_prev + r * units, j, units, dc * f);
+      const f32x16 dc = LoadPart(c1 + r * units, j, units) + LoadPart(c2 + r * units, j, units);
+      CellGradBlock(s + r * 6 * units, dh, dc, j, units, dz_out + r * 4 * units,
+                    dc_out_prev + r * units);
+    });
+  }
+};
+
+// Runs fn(first, last) over the batch rows [0, rows) split into one contiguous block per
+// worker thread: a recurrence's rows are independent, so each block runs the whole
+// sequence without waiting for the others (no hand-off per step).
+template <typename Fn>
+void ForEachRowBlock(OpKernelContext* ctx, int64_t rows, Fn fn) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t blocks = std::min<int64_t>(workers->num_threads, rows / kRows);
+  if (blocks <= 1) return fn(0, rows);
+  workers->workers->TransformRangeConcurrently((rows + blocks - 1) / blocks, rows, fn);
+}
+
+// The whole sequence forward: z_t = xw_t + h_{t-1} @ kernel, then the gates, for t = 0 ..
+// time - 1, in one op (translator.recurrence.lstm_sequence).
+template <typename T>
+class LstmSequenceOp : public OpKernel {
+ public:
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& xw = ctx->input(0);      // T [time, batch, 4 * units]: x_t @ W + b
+    const Tensor& h0 = ctx->input(1);      // T [batch, units]
+    const Tensor& c0 = ctx->input(2);      // float [batch, units]
+    const Tensor& kernel = ctx->input(3);  // T [units, 4 * units]: the recurrent kernel
+    OP_REQUIRES(ctx, h0.dims() == 2 && c0.shape() == h0.shape(),
+                tensorflow::errors::InvalidArgument("h0 and c0 must be [batch, units], got ",
+                                                    h0.shape().DebugString(), " and ",
+                                                    c0.shape().DebugString()));
+    const int64_t rows = h0.dim_size(0), units = h0.dim_size(1);
+    OP_REQUIRES(ctx, xw.dims() == 3 && xw.dim_size(1) == rows && xw.dim_size(2) == 4 * units,
+                tensorflow::errors::InvalidArgument("xw must be [time, ", rows, ", ", 4 * units,
+                                                    "], got ", xw.shape().DebugString()));
+    OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
+                tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
+                                                    "], got ", kernel.shape().DebugString()));
+    const int64_t time = xw.dim_size(0);
+    Tensor *hs = nullptr, *cs = nullptr, *saved = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({time, rows, units}), &hs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({time, rows, units}), &cs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({time, rows, 6 * units}), &saved));
+    if (time == 0 || rows == 0 || units == 0) return;
+    const PackedB<T> packed(kernel.flat<T>().data(), units, 4 * units, /*transposed=*/false);
+    const T *x = xw.flat<T>().data(), *h_first = h0.flat<T>().data();
+    const float* c_first = c0.flat<float>().data();
+    T* h_out = hs->flat<T>().data();
+    float *c_out = cs->flat<float>().data(), *s_out = saved->flat<float>().data();
+    ForEachRowBlock(ctx, rows, [&](int64_t first, int64_t last) {
+      std::vector<float> z((last - first) * packed.n_pad);
+      for (int64_t t = 0; t < time; ++t) {
+        const int64_t before = ((t - 1) * rows + first) * units;  // the previous step's rows
+        const T* h_prev = t == 0 ? h_first + first * units : h_out + before;
+        const float* c_prev = t == 0 ? c_first + first * units : c_out + before;
+        Gemm(h_prev, units, last - first, packed, z.data());
+        for (int64_t r = 0; r < last - first; ++r) {
+          const int64_t row = t * rows + first + r;
+          const T* xr = x + row * 4 * units;
+          const float* zr = z.data() + r * packed.n_pad;
+          for (int64_t j = 0; j < units; j += kLanes) {
+            f32x16 pre[4];
+            for (int g = 0; g < 4; ++g)
+              pre[g] = LoadPart(xr + g * units, j, units) + LoadPart(zr + g * units, j, units);
+            CellBlock(pre, LoadPart(c_prev + r * units, j, units), j, units,
+                      h_out + row * units, c_out + row * units, s_out + row * 6 * units);
+          }
+        }
+      }
+    });
+  }
+};
+
+// Its gradient: back through the steps, dz_t from the gates (LstmCellGrad's arithmetic),
+// the next dh through dz_t @ kernel^T. Returns every dz_t (the gradient of xw; the
+// kernel's own gradient is one large matmul over them, left to the caller) and the
+// gradients of h0 and c0.
+template <typename T>
+class LstmSequenceGradOp : public OpKernel {
+ public:
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dhs = ctx->input(0);     // T [time, batch, units]
+    const Tensor& dcs = ctx->input(1);     // float [time, batch, units]
+    const Tensor& saved = ctx->input(2);   // float [time, batch, 6 * units]: LstmSequence's
+    const Tensor& kernel = ctx->input(3);  // T [units, 4 * units]
+    OP_REQUIRES(ctx, saved.dims() == 3 && saved.dim_size(2) % 6 == 0,
+                tensorflow::errors::InvalidArgument("saved must be [time, batch, 6 * units]"));
+    const int64_t time = saved.dim_size(0), rows = saved.dim_size(1);
+    const int64_t units = saved.dim_size(2) / 6;
+    for (const Tensor* t : {&dhs, &dcs})
+      OP_REQUIRES(ctx, t->shape() == TensorShape({time, rows, units}),
+                  tensorflow::errors::InvalidArgument("gradients must be [", time, ", ", rows,
+                                                      ", ", units, "], got ",
+                                                      t->shape().DebugString()));
+    OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
+                tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
+                                                    "], got ", kernel.shape().DebugString()));
+    Tensor *dzs = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({time, rows, 4 * units}), &dzs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, units}), &dh0));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, units}), &dc0));
+    if (rows == 0 || units == 0) return;
+    const PackedB<T> packed(kernel.flat<T>().data(), 4 * units, units, /*transposed=*/true);
+    const T* dh_in = dhs.flat<T>().data();
+    const float *dc_in = dcs.flat<float>().data(), *s = saved.flat<float>().data();
+    T *dz_out = dzs->flat<T>().data(), *dh_first = dh0->flat<T>().data();
+    float* dc_first = dc0->flat<float>().data();
+    ForEachRowBlock(ctx, rows, [&](int64_t first, int64_t last) {
+      // dh and dc flowing into step t from step t + 1 (zero after the last step)
+      std::vector<float> dh_next((last - first) * packed.n_pad, 0.0f);
+      std::vector<float> dc_next((last - first) * units, 0.0f);
+      for (int64_t t = time - 1; t >= 0; --t) {
+        for (int64_t r = 0; r < last - first; ++r) {
+          const int64_t row = t * rows + first + r;
+          for (int64_t j = 0; j < units; j += kLanes) {
+            const f32x16 dh = LoadPart(dh_in + row * units, j, units) +
+                              LoadPart(dh_next.data() + r * packed.n_pad, j, units);
+            const f32x16 dc = LoadPart(dc_in + row * units, j, units) +
+                              LoadPart(dc_next.data() + r * units, j, units);
+            CellGradBlock(s + row * 6 * units, dh, dc, j, units, dz_out + row * 4 * units,
+                          dc_next.data() + r * units);
+          }
+        }
+        Gemm(dz_out + (t * rows + first) * 4 * units, 4 * units, last - first, packed,
+             dh_next.data());
+      }
+      for (int64_t r = 0; r < last - first; ++r)
+        for (int64_t j = 0; j < units; j += kLanes) {
+          const int64_t row = (first + r) * units;
+          StorePart(dh_first + row, j, units, LoadPart(dh_next.data() + r * packed.n_pad, j, units));
+          StorePart(dc_first + row, j, units, LoadPart(dc_next.data() + r * units, j, units));
+        }
     });
   }
 };
@@ -165,5 +315,49 @@ REGISTER_OP("LstmCellGrad")
       return absl::OkStatus();
     });
 
+REGISTER_OP("LstmSequence")
+    .Input("xw: T")
+    .Input("h0: T")
+    .Input("c0: float")
+    .Input("kernel: T")
+    .Output("hs: T")
+    .Output("cs: float")
+    .Output("saved: float")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle xw, state;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &xw));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &state));
+      tensorflow::shape_inference::DimensionHandle six;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(state, 1), 6, &six));
+      const auto time = c->Dim(xw, 0), rows = c->Dim(state, 0), units = c->Dim(state, 1);
+      c->set_output(0, c->MakeShape({time, rows, units}));
+      c->set_output(1, c->MakeShape({time, rows, units}));
+      c->set_output(2, c->MakeShape({time, rows, six}));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("LstmSequenceGrad")
+    .Input("dhs: T")
+    .Input("dcs: float")
+    .Input("saved: float")
+    .Input("kernel: T")
+    .Output("dzs: T")
+    .Output("dh0: T")
+    .Output("dc0: float")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle dhs;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &dhs));
+      tensorflow::shape_inference::DimensionHandle four;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(dhs, 2), 4, &four));
+      c->set_output(0, c->MakeShape({c->Dim(dhs, 0), c->Dim(dhs, 1), four}));
+      c->set_output(1, c->MakeShape({c->Dim(dhs, 1), c->Dim(dhs, 2)}));
+      c->set_output(2, c->MakeShape({c->Dim(dhs, 1), c->Dim(dhs, 2)}));
+      return absl::OkStatus();
+    });
+
 REGISTER_CPU_KERNELS("LstmCell", LstmCellOp);
 REGISTER_CPU_KERNELS("LstmCellGrad", LstmCellGradOp);
+REGISTER_CPU_KERNELS("LstmSequence", LstmSequenceOp);
+REGISTER_CPU_KERNELS("LstmSequenceGrad", LstmSequenceGradOp);
