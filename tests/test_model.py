@@ -180,39 +180,45 @@ def test_loss_gradient_equals_autodiff_of_the_plain_formula(smoothing):
     assert not grads[1][1][1, 1:].any()  # padded positions get no gradient
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("sequence_op", [True, False])
-def test_lstm_backward_pass_equals_autodiff_of_the_step_loop(sequence_op, monkeypatch):
+def test_lstm_backward_pass_equals_autodiff_of_the_step_loop(sequence_op, reverse, monkeypatch):
     """The hand-written backward pass of translator.recurrence (the LstmSequence op where
     the kernels are available, else the tf.scan loops) against TensorFlow's own gradients
     of a plain Python loop of cells, for every input, with a loss that reads both the h
-    and the c sequences (as the encoder does at each sentence's end)."""
+    and the c sequences (as the encoder does at each sentence's end); forwards, and
+    reversed over rows of different lengths (the encoder's backward direction)."""
     from translator import native
     from translator.recurrence import lstm_cell, lstm_sequence
 
     if not sequence_op:
         monkeypatch.setattr(native, "lstm_sequence", lambda *args: None)
-
     time, rows, inputs, units = 6, 3, 5, 4
+    lengths = tf.constant([6, 2, 4]) if reverse else tf.fill([rows], time)
     rng = np.random.default_rng(0)
 
     def tensor(*shape):
         return tf.constant(rng.normal(size=shape).astype("float32"))
 
-    args = [tensor(time, rows, inputs), tensor(rows, units), tensor(rows, units),
+    args = [tensor(rows, time, inputs), tensor(rows, units), tensor(rows, units),
             0.5 * tensor(inputs, 4 * units), 0.5 * tensor(units, 4 * units),
             0.5 * tensor(4 * units)]
-    read_h, read_c = tensor(time, rows, units), tensor(time, rows, units)
+    read_h, read_c = tensor(rows, time, units), tensor(rows, time, units)
+
+    def flip(x):  # each row's first `lengths` positions reversed
+        return tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0) if reverse else x
 
     def loop(x, h, c, kernel, recurrent_kernel, bias):
-        hs, cs = [], []
+        x, hs, cs = flip(x), [], []
         for t in range(time):
-            h, c = lstm_cell(x[t] @ kernel + h @ recurrent_kernel + bias, c)
+            h, c = lstm_cell(x[:, t] @ kernel + h @ recurrent_kernel + bias, c)
             hs.append(h)
             cs.append(c)
-        return tf.stack(hs), tf.stack(cs)
+        return flip(tf.stack(hs, 1)), flip(tf.stack(cs, 1))
 
     def sequence(x, h, c, kernel, recurrent_kernel, bias):
-        return lstm_sequence(tf.einsum("tbi,ig->tbg", x, kernel) + bias, h, c, recurrent_kernel)
+        return lstm_sequence(tf.einsum("bti,ig->btg", x, kernel) + bias, h, c,
+                             recurrent_kernel, lengths, reverse)
 
     results = []
     for run in (loop, sequence):

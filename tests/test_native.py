@@ -311,34 +311,39 @@ def test_grouped_attention_refuses_mismatched_shapes(kernel):
 # ---- LstmSequence ---------------------------------------------------------------------------
 
 
-def _lstm_reference(xw, h0, c0, kernel, dtype):
-    """The recurrence in float64 numpy; h rounded to dtype at each step, as the op stores it
-    and reads it back for the next step's product."""
+def _lstm_reference(xw, h0, c0, kernel, lengths, reverse, dtype):
+    """The recurrence in float64 numpy, batch-major, each row reversed up to its length
+    when reverse; h rounded to dtype at each step, as the op stores it and reads it back
+    for the next step's product."""
     def rounded(x):
         return tf.cast(tf.cast(x, dtype), "float64").numpy()
 
     def sigmoid(x):
         return 1 / (1 + np.exp(-x))
 
-    h, c, hs, cs = rounded(h0), c0.astype("float64"), [], []
-    for t in range(xw.shape[0]):
-        i, f, g, o = np.split(rounded(xw[t]) + h @ rounded(kernel), 4, axis=-1)
+    time = xw.shape[1]
+    order = [list(range(n))[::-1] + list(range(n, time)) if reverse else list(range(time))
+             for n in lengths]
+    h, c = rounded(h0), c0.astype("float64")
+    hs, cs = np.zeros(xw.shape[:2] + h0.shape[1:]), np.zeros(xw.shape[:2] + h0.shape[1:])
+    for t in range(time):
+        at = [row[t] for row in order]
+        i, f, g, o = np.split(rounded(xw[np.arange(len(at)), at]) + h @ rounded(kernel), 4, -1)
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h = rounded(sigmoid(o) * np.tanh(c))
-        hs.append(h)
-        cs.append(c)
-    return np.stack(hs), np.stack(cs)
+        hs[np.arange(len(at)), at], cs[np.arange(len(at)), at] = h, c
+    return hs, cs
 
 
 def _lstm_inputs(time, rows, units, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(time, rows, 4 * units)).astype("float32"),
+    return (rng.normal(size=(rows, time, 4 * units)).astype("float32"),
             rng.normal(size=(rows, units)).astype("float32") / 2,
             rng.normal(size=(rows, units)).astype("float32"),
             rng.normal(size=(units, 4 * units)).astype("float32") / np.sqrt(units))
 
 
-def _lstm_run(args, dtype, read_h, read_c):
+def _lstm_run(args, lengths, reverse, dtype, read_h, read_c):
     """(hs, cs, and the gradients of sum(hs * read_h) + sum(cs * read_c) in the four inputs),
     through translator.recurrence.lstm_sequence."""
     from translator.recurrence import lstm_sequence
@@ -347,12 +352,13 @@ def _lstm_run(args, dtype, read_h, read_c):
     xw, h0, kernel = (tf.cast(x, dtype) for x in (xw, h0, kernel))
     with tf.GradientTape() as tape:
         tape.watch([xw, h0, c0, kernel])
-        hs, cs = lstm_sequence(xw, h0, c0, kernel)
+        hs, cs = lstm_sequence(xw, h0, c0, kernel, tf.constant(lengths, "int32"), reverse)
         loss = tf.reduce_sum(tf.cast(hs, "float32") * read_h) + tf.reduce_sum(cs * read_c)
     grads = tape.gradient(loss, [xw, h0, c0, kernel])
     return [tf.cast(x, "float32").numpy() for x in [hs, cs, *grads]]
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("time,rows,units", [
     (7, 64, 256),  # a training batch: two threads' blocks of 32 rows, tails of the 6-row tile
     (5, 3, 7),     # fewer rows than a tile, odd units (the bfloat16 pairs' zero partner)
@@ -360,20 +366,23 @@ def _lstm_run(args, dtype, read_h, read_c):
     (1, 1, 16),
 ])
 def test_lstm_sequence_kernel_against_float64_and_the_step_loop(
-        kernel, monkeypatch, time, rows, units):
+        kernel, monkeypatch, time, rows, units, reverse):
     """LstmSequence (forward and its gradient op) against the float64 recurrence and, for
     the gradients, against TensorFlow's loop over steps (tf.scan, the path without the
-    op): float32 within 1e-5, bfloat16 within its 8 bits."""
+    op): float32 within 1e-5, bfloat16 within its 8 bits. Rows of different lengths,
+    reversed or not."""
     args = _lstm_inputs(time, rows, units)
     rng = np.random.default_rng(1)
-    read_h, read_c = (tf.constant(rng.normal(size=(time, rows, units)).astype("float32"))
+    lengths = rng.integers(1, time + 1, size=rows)
+    lengths[0] = time
+    read_h, read_c = (tf.constant(rng.normal(size=(rows, time, units)).astype("float32"))
                       for _ in range(2))
-    results = {"float32": _lstm_run(args, "float32", read_h, read_c),
-               "bfloat16": _lstm_run(args, "bfloat16", read_h, read_c)}
+    results = {dtype: _lstm_run(args, lengths, reverse, dtype, read_h, read_c)
+               for dtype in ("float32", "bfloat16")}
     monkeypatch.setattr(native, "lstm_sequence", lambda *a: None)
-    loop = _lstm_run(args, "float32", read_h, read_c)
+    loop = _lstm_run(args, lengths, reverse, "float32", read_h, read_c)
     for dtype, got in results.items():
-        want_h, want_c = _lstm_reference(*args, dtype)
+        want_h, want_c = _lstm_reference(*args, lengths, reverse, dtype)
         tolerance = 1e-5 if dtype == "float32" else 2e-2
         np.testing.assert_allclose(got[0], want_h, atol=tolerance)
         np.testing.assert_allclose(got[1], want_c, atol=tolerance * 4)
@@ -384,12 +393,16 @@ def test_lstm_sequence_kernel_against_float64_and_the_step_loop(
 
 def test_lstm_sequence_kernel_empty_time_and_bad_shapes(kernel):
     xw, h0, c0, weights = _lstm_inputs(0, 2, 8)
-    hs, cs = native.lstm_sequence(xw, h0, c0, weights)
-    assert hs.shape == (0, 2, 8) and cs.shape == (0, 2, 8)
+    hs, cs = native.lstm_sequence(xw, h0, c0, weights, [0, 0])
+    assert hs.shape == (2, 0, 8) and cs.shape == (2, 0, 8)
     xw, h0, c0, weights = _lstm_inputs(3, 2, 8)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"xw must be \[time, 2, 32\]"):
-        native.lstm_sequence(xw[:, :, :30], h0, c0, weights)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"xw must be \[2, time, 32\]"):
+        native.lstm_sequence(xw[:, :, :30], h0, c0, weights, [3, 3])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"kernel must be \[8, 32\]"):
-        native.lstm_sequence(xw, h0, c0, weights[:7])
+        native.lstm_sequence(xw, h0, c0, weights[:7], [3, 3])
     with pytest.raises(tf.errors.InvalidArgumentError, match="h0 and c0 must be"):
-        native.lstm_sequence(xw, h0, c0[:1], weights)
+        native.lstm_sequence(xw, h0, c0[:1], weights, [3, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"lengths\[1\] = 4 is outside"):
+        native.lstm_sequence(xw, h0, c0, weights, [3, 4], reverse=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"lengths must be \[2\]"):
+        native.lstm_sequence(xw, h0, c0, weights, [3])

@@ -73,22 +73,43 @@ def _backward_step(dh_out, dc_out, dh_next, dc_next, saved):
     return tf.cast(dz, dh_out.dtype), dc * f
 
 
-def lstm_sequence(xw, h0, c0, recurrent_kernel):
+def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False):
     """Runs the recurrence over time.
 
-    xw [time, batch, 4*units]: the input projections x_t @ W + b, time-major;
-    h0, c0 [batch, units]; recurrent_kernel [units, 4*units].
-    Returns every step's h (in xw's dtype) and c (float32), each [time, batch, units]
-    (time-major). Padded steps are computed like any other: callers read final states
-    where each sequence ends.
+    xw [batch, time, 4*units]: the input projections x_t @ W + b; h0, c0 [batch, units];
+    recurrent_kernel [units, 4*units]; lengths int32 [batch] (default: all `time`).
+    Returns every step's h (in xw's dtype) and c (float32), each [batch, time, units].
+    reverse: each row runs backwards over its first `lengths` positions (the backward
+    direction of a bidirectional layer: its real tokens last to first, then its padding),
+    and each step's h and c are returned at the position it read. Padded steps are
+    computed like any other: callers read final states where each sequence ends.
 
     With the compiled kernels the whole loop, forward and backward, is one op each way
-    (native.lstm_sequence); otherwise the tf.scan loops below.
+    (native.lstm_sequence); otherwise the tf.scan loops of _time_major_sequence, over
+    reversed copies of the rows when reverse.
     """
-    fast = native.lstm_sequence(xw, h0, c0, recurrent_kernel)
+    if lengths is None:
+        lengths = tf.fill(tf.shape(xw)[:1], tf.shape(xw)[1])
+    fast = native.lstm_sequence(xw, h0, c0, recurrent_kernel, lengths, reverse)
     if fast is not None:
         return fast
 
+    def arrange(x):  # batch-major -> time-major, each row reversed up to its length
+        if reverse:
+            x = tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0)
+        return tf.transpose(x, (1, 0, 2))
+
+    def restore(x):  # and back
+        x = tf.transpose(x, (1, 0, 2))
+        return tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0) if reverse else x
+
+    hs, cs = _time_major_sequence(arrange(xw), h0, c0, recurrent_kernel)
+    return restore(hs), restore(cs)
+
+
+def _time_major_sequence(xw, h0, c0, recurrent_kernel):
+    """lstm_sequence over xw [time, batch, 4*units] with TensorFlow's loops (tf.scan, each
+    step a matmul and _forward_step); returns hs, cs time-major."""
     @tf.custom_gradient
     def run(xw, h0, c0, kernel):
         def forward(carry, xw_t):
@@ -106,6 +127,10 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel):
                 dh_next, dc_next, _ = carry
                 dh_out, dc_out, saved_t = inputs
                 dz, dc_prev = _backward_step(dh_out, dc_out, dh_next, dc_next, saved_t)
+                # the loop's carried shapes must not lose the static batch size (the
+                # kernel's shape function takes it from dc_out, which may not know it)
+                dz.set_shape(xw.shape[1:])
+                dc_prev.set_shape(h0.shape)
                 return tf.matmul(dz, kernel_t), dc_prev, dz
 
             # scanned in reverse, position 0 holds what flows out of the first step:

@@ -149,120 +149,163 @@ void ForEachRowBlock(OpKernelContext* ctx, int64_t rows, Fn fn) {
   workers->workers->TransformRangeConcurrently((rows + blocks - 1) / blocks, rows, fn);
 }
 
-// The whole sequence forward: z_t = xw_t + h_{t-1} @ kernel, then the gates, for t = 0 ..
-// time - 1, in one op (translator.recurrence.lstm_sequence).
+// Where a row's step t sits in its sequence: t, or with reverse (the backward direction
+// of the encoder) the row's first `length` positions last to first, then its padding.
+inline int64_t Position(bool reverse, int32_t length, int64_t t) {
+  return reverse && t < length ? length - 1 - t : t;
+}
+
+// Checks that lengths is [rows] with values in [0, time].
+inline void CheckLengths(OpKernelContext* ctx, const Tensor& lengths, int64_t rows,
+                         int64_t time) {
+  OP_REQUIRES(ctx, lengths.shape() == TensorShape({rows}),
+              tensorflow::errors::InvalidArgument("lengths must be [", rows, "], got ",
+                                                  lengths.shape().DebugString()));
+  const auto values = lengths.flat<int32_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    OP_REQUIRES(ctx, values(r) >= 0 && values(r) <= time,
+                tensorflow::errors::InvalidArgument("lengths[", r, "] = ", values(r),
+                                                    " is outside [0, ", time, "]"));
+}
+
+// The whole sequence forward, batch-major: z = xw[r, t] + h_{t-1} @ kernel, then the gates,
+// step after step, in one op (translator.recurrence.lstm_sequence). Outputs, at each
+// step's position: h, c, the h the step started from (for the kernel's gradient) and what
+// the gradient op reads.
 template <typename T>
 class LstmSequenceOp : public OpKernel {
  public:
-  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& xw = ctx->input(0);      // T [time, batch, 4 * units]: x_t @ W + b
-    const Tensor& h0 = ctx->input(1);      // T [batch, units]
-    const Tensor& c0 = ctx->input(2);      // float [batch, units]
-    const Tensor& kernel = ctx->input(3);  // T [units, 4 * units]: the recurrent kernel
+    const Tensor& xw = ctx->input(0);       // T [batch, time, 4 * units]: x_t @ W + b
+    const Tensor& h0 = ctx->input(1);       // T [batch, units]
+    const Tensor& c0 = ctx->input(2);       // float [batch, units]
+    const Tensor& kernel = ctx->input(3);   // T [units, 4 * units]: the recurrent kernel
+    const Tensor& lengths = ctx->input(4);  // int32 [batch]
     OP_REQUIRES(ctx, h0.dims() == 2 && c0.shape() == h0.shape(),
                 tensorflow::errors::InvalidArgument("h0 and c0 must be [batch, units], got ",
                                                     h0.shape().DebugString(), " and ",
                                                     c0.shape().DebugString()));
     const int64_t rows = h0.dim_size(0), units = h0.dim_size(1);
-    OP_REQUIRES(ctx, xw.dims() == 3 && xw.dim_size(1) == rows && xw.dim_size(2) == 4 * units,
-                tensorflow::errors::InvalidArgument("xw must be [time, ", rows, ", ", 4 * units,
+    OP_REQUIRES(ctx, xw.dims() == 3 && xw.dim_size(0) == rows && xw.dim_size(2) == 4 * units,
+                tensorflow::errors::InvalidArgument("xw must be [", rows, ", time, ", 4 * units,
                                                     "], got ", xw.shape().DebugString()));
     OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
                 tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
                                                     "], got ", kernel.shape().DebugString()));
-    const int64_t time = xw.dim_size(0);
-    Tensor *hs = nullptr, *cs = nullptr, *saved = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({time, rows, units}), &hs));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({time, rows, units}), &cs));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({time, rows, 6 * units}), &saved));
+    const int64_t time = xw.dim_size(1);
+    CheckLengths(ctx, lengths, rows, time);
+    if (!ctx->status().ok()) return;
+    Tensor *hs = nullptr, *cs = nullptr, *h_in = nullptr, *saved = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, time, units}), &hs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, time, units}), &cs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, time, units}), &h_in));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows, time, 6 * units}), &saved));
     if (time == 0 || rows == 0 || units == 0) return;
     const PackedB<T> packed(kernel.flat<T>().data(), units, 4 * units, /*transposed=*/false);
     const T *x = xw.flat<T>().data(), *h_first = h0.flat<T>().data();
     const float* c_first = c0.flat<float>().data();
-    T* h_out = hs->flat<T>().data();
+    const int32_t* length = lengths.flat<int32_t>().data();
+    T *h_out = hs->flat<T>().data(), *h_in_out = h_in->flat<T>().data();
     float *c_out = cs->flat<float>().data(), *s_out = saved->flat<float>().data();
     ForEachRowBlock(ctx, rows, [&](int64_t first, int64_t last) {
-      std::vector<float> z((last - first) * packed.n_pad);
+      const int64_t n = last - first;
+      // the block's current h and c, contiguous: the product's rows
+      std::vector<T> h(h_first + first * units, h_first + last * units);
+      std::vector<float> c(c_first + first * units, c_first + last * units);
+      std::vector<float> z(n * packed.n_pad);
       for (int64_t t = 0; t < time; ++t) {
-        const int64_t before = ((t - 1) * rows + first) * units;  // the previous step's rows
-        const T* h_prev = t == 0 ? h_first + first * units : h_out + before;
-        const float* c_prev = t == 0 ? c_first + first * units : c_out + before;
-        Gemm(h_prev, units, last - first, packed, z.data());
-        for (int64_t r = 0; r < last - first; ++r) {
-          const int64_t row = t * rows + first + r;
-          const T* xr = x + row * 4 * units;
+        Gemm(h.data(), units, n, packed, z.data());
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t at = (first + r) * time + Position(reverse_, length[first + r], t);
+          std::copy_n(h.data() + r * units, units, h_in_out + at * units);
+          const T* xr = x + at * 4 * units;
           const float* zr = z.data() + r * packed.n_pad;
           for (int64_t j = 0; j < units; j += kLanes) {
             f32x16 pre[4];
             for (int g = 0; g < 4; ++g)
               pre[g] = LoadPart(xr + g * units, j, units) + LoadPart(zr + g * units, j, units);
-            CellBlock(pre, LoadPart(c_prev + r * units, j, units), j, units,
-                      h_out + row * units, c_out + row * units, s_out + row * 6 * units);
+            CellBlock(pre, LoadPart(c.data() + r * units, j, units), j, units,
+                      h.data() + r * units, c.data() + r * units, s_out + at * 6 * units);
           }
+          std::copy_n(h.data() + r * units, units, h_out + at * units);
+          std::copy_n(c.data() + r * units, units, c_out + at * units);
         }
       }
     });
   }
+
+ private:
+  bool reverse_;
 };
 
-// Its gradient: back through the steps, dz_t from the gates (LstmCellGrad's arithmetic),
-// the next dh through dz_t @ kernel^T. Returns every dz_t (the gradient of xw; the
-// kernel's own gradient is one large matmul over them, left to the caller) and the
-// gradients of h0 and c0.
+// Its gradient: back through the steps, dz from the gates (LstmCellGrad's arithmetic), the
+// previous step's dh through dz @ kernel^T. Returns dz at every position (the gradient of
+// xw; the kernel's own gradient is one large matmul over them and h_in, left to the
+// caller) and the gradients of h0 and c0.
 template <typename T>
 class LstmSequenceGradOp : public OpKernel {
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& dhs = ctx->input(0);     // T [time, batch, units]
-    const Tensor& dcs = ctx->input(1);     // float [time, batch, units]
-    const Tensor& saved = ctx->input(2);   // float [time, batch, 6 * units]: LstmSequence's
-    const Tensor& kernel = ctx->input(3);  // T [units, 4 * units]
+    const Tensor& dhs = ctx->input(0);      // T [batch, time, units]
+    const Tensor& dcs = ctx->input(1);      // float [batch, time, units]
+    const Tensor& saved = ctx->input(2);    // float [batch, time, 6 * units]: LstmSequence's
+    const Tensor& kernel = ctx->input(3);   // T [units, 4 * units]
+    const Tensor& lengths = ctx->input(4);  // int32 [batch]
     OP_REQUIRES(ctx, saved.dims() == 3 && saved.dim_size(2) % 6 == 0,
-                tensorflow::errors::InvalidArgument("saved must be [time, batch, 6 * units]"));
-    const int64_t time = saved.dim_size(0), rows = saved.dim_size(1);
+                tensorflow::errors::InvalidArgument("saved must be [batch, time, 6 * units]"));
+    const int64_t rows = saved.dim_size(0), time = saved.dim_size(1);
     const int64_t units = saved.dim_size(2) / 6;
     for (const Tensor* t : {&dhs, &dcs})
-      OP_REQUIRES(ctx, t->shape() == TensorShape({time, rows, units}),
-                  tensorflow::errors::InvalidArgument("gradients must be [", time, ", ", rows,
+      OP_REQUIRES(ctx, t->shape() == TensorShape({rows, time, units}),
+                  tensorflow::errors::InvalidArgument("gradients must be [", rows, ", ", time,
                                                       ", ", units, "], got ",
                                                       t->shape().DebugString()));
     OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
                 tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
                                                     "], got ", kernel.shape().DebugString()));
+    CheckLengths(ctx, lengths, rows, time);
+    if (!ctx->status().ok()) return;
     Tensor *dzs = nullptr, *dh0 = nullptr, *dc0 = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({time, rows, 4 * units}), &dzs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, time, 4 * units}), &dzs));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, units}), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, units}), &dc0));
     if (rows == 0 || units == 0) return;
     const PackedB<T> packed(kernel.flat<T>().data(), 4 * units, units, /*transposed=*/true);
     const T* dh_in = dhs.flat<T>().data();
     const float *dc_in = dcs.flat<float>().data(), *s = saved.flat<float>().data();
+    const int32_t* length = lengths.flat<int32_t>().data();
     T *dz_out = dzs->flat<T>().data(), *dh_first = dh0->flat<T>().data();
     float* dc_first = dc0->flat<float>().data();
     ForEachRowBlock(ctx, rows, [&](int64_t first, int64_t last) {
-      // dh and dc flowing into step t from step t + 1 (zero after the last step)
-      std::vector<float> dh_next((last - first) * packed.n_pad, 0.0f);
-      std::vector<float> dc_next((last - first) * units, 0.0f);
+      const int64_t n = last - first;
+      // dh and dc flowing into step t from step t + 1 (zero after the last step), and the
+      // block's dz at step t, contiguous: the product's rows
+      std::vector<float> dh_next(n * packed.n_pad, 0.0f), dc_next(n * units, 0.0f);
+      std::vector<T> dz(n * 4 * units);
       for (int64_t t = time - 1; t >= 0; --t) {
-        for (int64_t r = 0; r < last - first; ++r) {
-          const int64_t row = t * rows + first + r;
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t at = (first + r) * time + Position(reverse_, length[first + r], t);
           for (int64_t j = 0; j < units; j += kLanes) {
-            const f32x16 dh = LoadPart(dh_in + row * units, j, units) +
+            const f32x16 dh = LoadPart(dh_in + at * units, j, units) +
                               LoadPart(dh_next.data() + r * packed.n_pad, j, units);
-            const f32x16 dc = LoadPart(dc_in + row * units, j, units) +
+            const f32x16 dc = LoadPart(dc_in + at * units, j, units) +
                               LoadPart(dc_next.data() + r * units, j, units);
-            CellGradBlock(s + row * 6 * units, dh, dc, j, units, dz_out + row * 4 * units,
+            CellGradBlock(s + at * 6 * units, dh, dc, j, units, dz.data() + r * 4 * units,
                           dc_next.data() + r * units);
           }
+          std::copy_n(dz.data() + r * 4 * units, 4 * units, dz_out + at * 4 * units);
         }
-        Gemm(dz_out + (t * rows + first) * 4 * units, 4 * units, last - first, packed,
-             dh_next.data());
+        Gemm(dz.data(), 4 * units, n, packed, dh_next.data());
       }
-      for (int64_t r = 0; r < last - first; ++r)
+      for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < units; j += kLanes) {
           const int64_t row = (first + r) * units;
           StorePart(dh_first + row, j, units, LoadPart(dh_next.data() + r * packed.n_pad, j, units));
@@ -270,6 +313,9 @@ class LstmSequenceGradOp : public OpKernel {
         }
     });
   }
+
+ private:
+  bool reverse_;
 };
 
 }  // namespace
@@ -320,20 +366,22 @@ REGISTER_OP("LstmSequence")
     .Input("h0: T")
     .Input("c0: float")
     .Input("kernel: T")
+    .Input("lengths: int32")
     .Output("hs: T")
     .Output("cs: float")
+    .Output("h_in: T")
     .Output("saved: float")
     .Attr("T: {float, bfloat16}")
+    .Attr("reverse: bool = false")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       tensorflow::shape_inference::ShapeHandle xw, state;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &xw));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &state));
       tensorflow::shape_inference::DimensionHandle six;
       TF_RETURN_IF_ERROR(c->Multiply(c->Dim(state, 1), 6, &six));
-      const auto time = c->Dim(xw, 0), rows = c->Dim(state, 0), units = c->Dim(state, 1);
-      c->set_output(0, c->MakeShape({time, rows, units}));
-      c->set_output(1, c->MakeShape({time, rows, units}));
-      c->set_output(2, c->MakeShape({time, rows, six}));
+      const auto rows = c->Dim(state, 0), time = c->Dim(xw, 1), units = c->Dim(state, 1);
+      for (int i = 0; i < 3; ++i) c->set_output(i, c->MakeShape({rows, time, units}));
+      c->set_output(3, c->MakeShape({rows, time, six}));
       return absl::OkStatus();
     });
 
@@ -342,18 +390,20 @@ REGISTER_OP("LstmSequenceGrad")
     .Input("dcs: float")
     .Input("saved: float")
     .Input("kernel: T")
+    .Input("lengths: int32")
     .Output("dzs: T")
     .Output("dh0: T")
     .Output("dc0: float")
     .Attr("T: {float, bfloat16}")
+    .Attr("reverse: bool = false")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       tensorflow::shape_inference::ShapeHandle dhs;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &dhs));
       tensorflow::shape_inference::DimensionHandle four;
       TF_RETURN_IF_ERROR(c->Multiply(c->Dim(dhs, 2), 4, &four));
       c->set_output(0, c->MakeShape({c->Dim(dhs, 0), c->Dim(dhs, 1), four}));
-      c->set_output(1, c->MakeShape({c->Dim(dhs, 1), c->Dim(dhs, 2)}));
-      c->set_output(2, c->MakeShape({c->Dim(dhs, 1), c->Dim(dhs, 2)}));
+      c->set_output(1, c->MakeShape({c->Dim(dhs, 0), c->Dim(dhs, 2)}));
+      c->set_output(2, c->MakeShape({c->Dim(dhs, 0), c->Dim(dhs, 2)}));
       return absl::OkStatus();
     });
 
