@@ -406,3 +406,19 @@ def test_lstm_sequence_kernel_empty_time_and_bad_shapes(kernel):
         native.lstm_sequence(xw, h0, c0, weights, [3, 4], reverse=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"lengths must be \[2\]"):
         native.lstm_sequence(xw, h0, c0, weights, [3])
+
+
+def test_lstm_sequence_kernel_without_saving_gives_the_same_outputs_and_gradients(kernel):
+    """save=False (outside training: nothing kept for the backward pass) gives the same h
+    and c, and a gradient, if one is asked for after all, recomputes what it needs."""
+    xw, h0, c0, weights = (tf.constant(a) for a in _lstm_inputs(5, 7, 24))
+    lengths = tf.constant([5, 3, 1, 5, 2, 4, 5])
+    results = []
+    for save in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([xw, h0, c0, weights])
+            hs, cs = native.lstm_sequence(xw, h0, c0, weights, lengths, True, save=save)
+            loss = tf.reduce_sum(hs * hs) + tf.reduce_sum(cs)
+        results.append([hs, cs, *tape.gradient(loss, [xw, h0, c0, weights])])
+    for saved, recomputed in zip(*results):
+        np.testing.assert_array_equal(saved.numpy(), recomputed.numpy())

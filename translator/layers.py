@@ -89,7 +89,8 @@ class LSTM(layers.Layer):
             initial_state = (zeros, zeros)
         if lengths is None:
             lengths = tf.fill(steps[:1], steps[1])
-        hs, cs = lstm_sequence(projected, *initial_state, recurrent_kernel, lengths, reverse)
+        hs, cs = lstm_sequence(projected, *initial_state, recurrent_kernel, lengths, reverse,
+                               save=training is not False)
         # each row's state after its last real token: at position 0 when it ran reversed
         last = tf.zeros_like(lengths) if reverse else lengths - 1
         ends = tf.stack([tf.range(steps[0]), last], 1)

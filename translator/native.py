@@ -236,20 +236,21 @@ def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
 
 
 @tf.autograph.experimental.do_not_convert
-def lstm_sequence(xw: Any, h0: Any, c0: Any, kernel: Any, lengths: Any, reverse: bool = False
-                  ) -> tuple[Any, Any] | None:
+def lstm_sequence(xw: Any, h0: Any, c0: Any, kernel: Any, lengths: Any, reverse: bool = False,
+                  save: bool = True) -> tuple[Any, Any] | None:
     """A whole LSTM sequence in one op, batch-major: xw [batch, time, 4 * units] (the input
     projections with their bias, float32 or bfloat16), h0 [batch, units], c0 [batch,
     units], the recurrent kernel [units, 4 * units], lengths int32 [batch] -> every step's h
     (in xw's dtype) and c (float32), each [batch, time, units] at the step's position;
     differentiable in the first four. reverse: each row runs from position lengths - 1 down
-    to 0, then over its padding. None when the kernels are not available."""
+    to 0, then over its padding. save: keep what the gradient reads (training); without
+    it a gradient recomputes the sequence first. None when the kernels are not available."""
     lib = _library_for(xw)
     if lib is None:
         return None
     hs, cs, _, _ = lib.lstm_sequence(xw, tf.cast(h0, xw.dtype), tf.cast(c0, tf.float32),
                                      tf.cast(kernel, xw.dtype), tf.cast(lengths, tf.int32),
-                                     reverse=reverse)
+                                     reverse=reverse, save=save)
     return hs, cs
 
 
@@ -258,9 +259,12 @@ def _lstm_sequence_gradient(op: Any, dhs: Any, dcs: Any, _dh_in: Any, _dsaved: A
     """Back through the steps in one op (dz at every position, and the initial states'
     gradients); the recurrent kernel's gradient is then one matmul over all positions,
     sum h_in^T dz, with h_in the h each step started from. The h_in and saved outputs are
-    internal: no gradient flows from them."""
+    internal: no gradient flows from them. Recomputes the sequence when the op was run
+    without saving."""
     kernel, lengths = op.inputs[3], op.inputs[4]
     hs, cs, h_in, saved = op.outputs
+    if not op.get_attr("save"):
+        _, _, h_in, saved = library().lstm_sequence(*op.inputs, reverse=op.get_attr("reverse"))
     dhs = tf.zeros_like(hs) if dhs is None else dhs
     dcs = tf.zeros_like(cs) if dcs is None else dcs
     dzs, dh0, dc0 = library().lstm_sequence_grad(dhs, dcs, saved, kernel, lengths,

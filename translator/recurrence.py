@@ -73,7 +73,7 @@ def _backward_step(dh_out, dc_out, dh_next, dc_next, saved):
     return tf.cast(dz, dh_out.dtype), dc * f
 
 
-def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False):
+def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False, save=True):
     """Runs the recurrence over time.
 
     xw [batch, time, 4*units]: the input projections x_t @ W + b; h0, c0 [batch, units];
@@ -82,7 +82,9 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False):
     reverse: each row runs backwards over its first `lengths` positions (the backward
     direction of a bidirectional layer: its real tokens last to first, then its padding),
     and each step's h and c are returned at the position it read. Padded steps are
-    computed like any other: callers read final states where each sequence ends.
+    computed like any other: callers read final states where each sequence ends. save:
+    keep what the backward pass reads (False outside training: a gradient still works, at
+    the cost of running the sequence again).
 
     With the compiled kernels the whole loop, forward and backward, is one op each way
     (native.lstm_sequence); otherwise the tf.scan loops of _time_major_sequence, over
@@ -90,7 +92,7 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False):
     """
     if lengths is None:
         lengths = tf.fill(tf.shape(xw)[:1], tf.shape(xw)[1])
-    fast = native.lstm_sequence(xw, h0, c0, recurrent_kernel, lengths, reverse)
+    fast = native.lstm_sequence(xw, h0, c0, recurrent_kernel, lengths, reverse, save)
     if fast is not None:
         return fast
 

@@ -170,13 +170,14 @@ inline void CheckLengths(OpKernelContext* ctx, const Tensor& lengths, int64_t ro
 
 // The whole sequence forward, batch-major: z = xw[r, t] + h_{t-1} @ kernel, then the gates,
 // step after step, in one op (translator.recurrence.lstm_sequence). Outputs, at each
-// step's position: h, c, the h the step started from (for the kernel's gradient) and what
-// the gradient op reads.
+// step's position: h, c and, when save, the h the step started from (for the kernel's
+// gradient) and what the gradient op reads.
 template <typename T>
 class LstmSequenceOp : public OpKernel {
  public:
   explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("save", &save_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -202,8 +203,9 @@ class LstmSequenceOp : public OpKernel {
     Tensor *hs = nullptr, *cs = nullptr, *h_in = nullptr, *saved = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, time, units}), &hs));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, time, units}), &cs));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, time, units}), &h_in));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows, time, 6 * units}), &saved));
+    const int64_t kept = save_ ? time : 0;  // h_in and saved only for a gradient
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, kept, units}), &h_in));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows, kept, 6 * units}), &saved));
     if (time == 0 || rows == 0 || units == 0) return;
     const PackedB<T> packed(kernel.flat<T>().data(), units, 4 * units, /*transposed=*/false);
     const T *x = xw.flat<T>().data(), *h_first = h0.flat<T>().data();
@@ -221,7 +223,7 @@ class LstmSequenceOp : public OpKernel {
         Gemm(h.data(), units, n, packed, z.data());
         for (int64_t r = 0; r < n; ++r) {
           const int64_t at = (first + r) * time + Position(reverse_, length[first + r], t);
-          std::copy_n(h.data() + r * units, units, h_in_out + at * units);
+          if (save_) std::copy_n(h.data() + r * units, units, h_in_out + at * units);
           const T* xr = x + at * 4 * units;
           const float* zr = z.data() + r * packed.n_pad;
           for (int64_t j = 0; j < units; j += kLanes) {
@@ -229,7 +231,8 @@ class LstmSequenceOp : public OpKernel {
             for (int g = 0; g < 4; ++g)
               pre[g] = LoadPart(xr + g * units, j, units) + LoadPart(zr + g * units, j, units);
             CellBlock(pre, LoadPart(c.data() + r * units, j, units), j, units,
-                      h.data() + r * units, c.data() + r * units, s_out + at * 6 * units);
+                      h.data() + r * units, c.data() + r * units,
+                      save_ ? s_out + at * 6 * units : nullptr);
           }
           std::copy_n(h.data() + r * units, units, h_out + at * units);
           std::copy_n(c.data() + r * units, units, c_out + at * units);
@@ -240,6 +243,7 @@ class LstmSequenceOp : public OpKernel {
 
  private:
   bool reverse_;
+  bool save_;  // write h_in and saved (training); a search's encoder needs only h and c
 };
 
 // Its gradient: back through the steps, dz from the gates (LstmCellGrad's arithmetic), the
@@ -373,15 +377,20 @@ REGISTER_OP("LstmSequence")
     .Output("saved: float")
     .Attr("T: {float, bfloat16}")
     .Attr("reverse: bool = false")
+    .Attr("save: bool = true")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       tensorflow::shape_inference::ShapeHandle xw, state;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &xw));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &state));
+      bool save;
+      TF_RETURN_IF_ERROR(c->GetAttr("save", &save));
       tensorflow::shape_inference::DimensionHandle six;
       TF_RETURN_IF_ERROR(c->Multiply(c->Dim(state, 1), 6, &six));
       const auto rows = c->Dim(state, 0), time = c->Dim(xw, 1), units = c->Dim(state, 1);
-      for (int i = 0; i < 3; ++i) c->set_output(i, c->MakeShape({rows, time, units}));
-      c->set_output(3, c->MakeShape({rows, time, six}));
+      const auto kept = save ? time : c->MakeDim(0);
+      for (int i = 0; i < 2; ++i) c->set_output(i, c->MakeShape({rows, time, units}));
+      c->set_output(2, c->MakeShape({rows, kept, units}));
+      c->set_output(3, c->MakeShape({rows, kept, six}));
       return absl::OkStatus();
     });
 
