@@ -7,7 +7,10 @@ they are skipped, saying so, and the searches run on TensorFlow's ops (tested be
 
 from __future__ import annotations
 
+import platform
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,3 +425,26 @@ def test_lstm_sequence_kernel_without_saving_gives_the_same_outputs_and_gradient
         results.append([hs, cs, *tape.gradient(loss, [xw, h0, c0, weights])])
     for saved, recomputed in zip(*results):
         np.testing.assert_array_equal(saved.numpy(), recomputed.numpy())
+
+
+@pytest.mark.parametrize("march", ["native", "x86-64-v3"])
+def test_gemm_against_double_here_and_on_avx2(tmp_path, march):
+    """LstmSequence's product (csrc/gemm.h) built for this CPU (here AVX-512 with bfloat16
+    dot products) and for AVX2 alone, as most laptops have (8-lane float32 tiles), checked
+    against a double-precision product by tests/csrc/gemm_check.cc: tiles with tails, odd
+    k (the bfloat16 pairs' zero partner), n off the panel width, transposed packing."""
+    compiler = native._compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    if march != "native" and (platform.machine() != "x86_64" or " avx2" not in native._cpu_flags()):
+        pytest.skip("needs an x86-64 CPU with AVX2")
+    binary = tmp_path / "gemm_check"
+    subprocess.run([compiler, "-O2", f"-march={march}", "-w", "-I", str(native.SOURCE_DIR),
+                    str(Path(__file__).parent / "csrc" / "gemm_check.cc"), "-o", str(binary),
+                    *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags(),
+                    f"-Wl,-rpath,{tf.sysconfig.get_lib()}"], check=True, capture_output=True)
+    for shape in [(32, 256, 1024, 0), (13, 7, 33, 0), (5, 33, 20, 1), (64, 1024, 256, 1)]:
+        out = subprocess.run([str(binary), *map(str, shape)], check=True, capture_output=True,
+                             text=True).stdout.split()
+        errors = dict(zip(out[::2], map(float, out[1::2])))
+        assert errors["float"] < 1e-5 and errors["bfloat16"] < 1e-5, (shape, errors)
