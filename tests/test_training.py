@@ -153,6 +153,16 @@ def test_folder_loads_in_a_fresh_process_and_reproduces_its_dev_bleu(tiny_model)
         assert reproduced[metric] == recorded[metric]
 
 
+def test_progress_bar_ends_its_line_before_the_epoch_log(tmp_path, capsys):
+    """With the progress bar on, each epoch's dev BLEU line starts a line of its own (it
+    used to continue the bar's last line: '... loss: 3.9881epoch 2: dev BLEU 21.72')."""
+    train(small_config("training.epochs=1"), tmp_path / "m", verbose=1, log=print)
+    lines = capsys.readouterr().out.splitlines()
+    bleu_lines = [line for line in lines if "dev BLEU" in line]
+    assert bleu_lines and all(line.startswith("epoch 1: dev BLEU") for line in bleu_lines), lines
+    assert any("loss:" in line for line in lines)  # the bar did print
+
+
 def test_run_stopped_in_its_epoch_end_work_finishes_that_epoch_on_resume(tmp_path):
     folder = tmp_path / "m"
     train(small_config("training.epochs=1"), folder, verbose=0, log=lambda m: None)

@@ -166,7 +166,10 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
                               batches.steps_per_epoch, dev_bleu, save_best, log)
-    callbacks = [control, keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
+    # the progress bar first: it ends its epoch line before control logs the dev BLEU (Keras
+    # would append its own after ours, and the BLEU line would continue the bar's)
+    callbacks = [keras.callbacks.ProgbarLogger(), control,
+                 keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
     dev_data = eval_batches(dev_ids)
     validation = batches_dataset(lambda: iter(dev_data))
     budget = config.training.max_minutes
