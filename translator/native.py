@@ -45,7 +45,9 @@ from typing import Any
 import tensorflow as tf
 
 SOURCE_DIR = Path(__file__).parent / "csrc"  # *.cc compiled together; *.h they include
-_FLAGS = ["-fPIC", "-O3", "-march=native", "-w"]  # for each object file; linked -shared
+# for each object file (linked -shared); TRANSLATOR_MARCH builds for another CPU level than
+# this machine's, e.g. x86-64-v3 (AVX2) for a cache shared with older machines
+_FLAGS = ["-fPIC", "-O3", f"-march={os.environ.get('TRANSLATOR_MARCH', 'native')}", "-w"]
 _COMPILE_TIMEOUT_S = 300
 
 _lock = threading.Lock()

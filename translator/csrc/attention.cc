@@ -28,10 +28,10 @@ template <int N, typename T>
 void Attend(const T* q, const T* keys, const T* memory, const bool* valid, int64_t length,
             int64_t depth, int64_t width, float (*w)[kChunk], T* weights, T* context) {
   for (int64_t s = 0; s < length; ++s) {
-    f32x16 acc[N] = {};
+    fvec acc[N] = {};
     const T* key = keys + s * depth;
     for (int64_t j = 0; j < depth; j += kLanes) {
-      const f32x16 kv = LoadPart(key, j, depth);
+      const fvec kv = LoadPart(key, j, depth);
       for (int i = 0; i < N; ++i) acc[i] += LoadPart(q + i * depth, j, depth) * kv;
     }
     for (int i = 0; i < N; ++i) {
@@ -50,9 +50,9 @@ void Attend(const T* q, const T* keys, const T* memory, const bool* valid, int64
     }
   }
   for (int64_t j = 0; j < width; j += kLanes) {
-    f32x16 acc[N] = {};
+    fvec acc[N] = {};
     for (int64_t s = 0; s < length; ++s) {
-      const f32x16 mv = LoadPart(memory + s * width, j, width);
+      const fvec mv = LoadPart(memory + s * width, j, width);
       for (int i = 0; i < N; ++i) acc[i] += w[s][i] * mv;
     }
     for (int i = 0; i < N; ++i) StorePart(context + i * width, j, width, acc[i]);

@@ -27,23 +27,23 @@ struct RowStats {
 template <typename T>
 RowStats Stats(const T* x, int64_t n) {
   const int64_t full = n / kLanes * kLanes;
-  f32x16 top_lanes = f32x16{} - std::numeric_limits<float>::infinity();
+  fvec top_lanes = fvec{} - std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < full; j += kLanes) top_lanes = Max(Load(x + j), top_lanes);
   float top = -std::numeric_limits<float>::infinity();
   for (int l = 0; l < kLanes; ++l) top = std::max(top, top_lanes[l]);
   for (int64_t j = full; j < n; ++j) top = std::max(top, Scalar(x[j]));
   if (std::isinf(top) || std::isnan(top))  // a NaN or infinite logit: the loss is NaN
     return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
-  const f32x16 shift = f32x16{} + top;
+  const fvec shift = fvec{} + top;
   double exp_total = 0.0, total = 0.0;
-  f32x16 exps = {}, values = {};
+  fvec exps = {}, values = {};
   for (int64_t j = 0; j < full; j += kLanes) {
-    const f32x16 v = Load(x + j);
+    const fvec v = Load(x + j);
     exps += ExpNonPositive(v - shift);
     values += v;
     if ((j + kLanes) % kFlush == 0) {
       for (int l = 0; l < kLanes; ++l) exp_total += exps[l], total += values[l];
-      exps = values = f32x16{};
+      exps = values = fvec{};
     }
   }
   for (int l = 0; l < kLanes; ++l) exp_total += exps[l], total += values[l];
@@ -145,8 +145,8 @@ class SmoothedCrossEntropyGradOp : public OpKernel {
         const T* row = x + r * n;
         T* out_row = out + r * n;
         const float up = ups[r];
-        const f32x16 shift = f32x16{} + norms[r], scale = f32x16{} + up;
-        const f32x16 offset = f32x16{} + uniform;
+        const fvec shift = fvec{} + norms[r], scale = fvec{} + up;
+        const fvec offset = fvec{} + uniform;
         const int64_t full = n / kLanes * kLanes;
         for (int64_t j = 0; j < full; j += kLanes)
           Store(out_row + j, scale * (ExpNonPositive(Load(row + j) - shift) - offset));

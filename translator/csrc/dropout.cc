@@ -55,20 +55,20 @@ class SeededDropoutOp : public OpKernel {
                           static_cast<uint32_t>(static_cast<uint64_t>(s(0)) >> 32);
     // kept where the hash >= rate * 2^32: probability 1 - rate to within 2^-32
     const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(rate_) * 4294967296.0);
-    const f32x16 scale = f32x16{} + 1.0f / (1.0f - rate_);
+    const fvec scale = fvec{} + 1.0f / (1.0f - rate_);
     const T* in = x.flat<T>().data();
     T* out = y->flat<T>().data();
-    u32x16 lane;
+    uvec lane;
     for (int l = 0; l < kLanes; ++l) lane[l] = l;
     auto work = [&](int64_t first, int64_t last) {  // blocks of kLanes elements
       for (int64_t b = first; b < last; ++b) {
         const int64_t i = b * kLanes;
-        const u32x16 index = static_cast<uint32_t>(i) + lane;
-        const i32x16 keep = Mix<u32x16>(Mix<u32x16>(index ^ key1) + key2) >= threshold;
+        const uvec index = static_cast<uint32_t>(i) + lane;
+        const ivec keep = Mix<uvec>(Mix<uvec>(index ^ key1) + key2) >= threshold;
         if (i + kLanes <= n) {
-          Store(out + i, keep ? Load(in + i) * scale : f32x16{});
+          Store(out + i, keep ? Load(in + i) * scale : fvec{});
         } else {  // the last, partial block
-          StorePart(out + i, 0, n - i, keep ? LoadPart(in + i, 0, n - i) * scale : f32x16{});
+          StorePart(out + i, 0, n - i, keep ? LoadPart(in + i, 0, n - i) * scale : fvec{});
         }
       }
     };

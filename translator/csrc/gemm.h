@@ -6,11 +6,12 @@
 // again in op dispatch and loop bookkeeping as the product itself. A kernel that runs the
 // whole sequence (lstm_cell.cc, LstmSequence) needs the product inside it.
 //
-// The micro-kernel holds a block of 6 rows x 64 columns of C in 24 vector registers (2 x
-// 32 in 8 on a machine without AVX-512) and walks k; B is packed in panels as wide, so
-// that each step reads contiguous memory. bfloat16 uses the AVX-512 BF16 dot-product instruction (pairs of k at once,
-// float32 accumulation) where the machine has it; otherwise, and for float32, B is packed
-// as float32 and the product is a float32 multiply-add.
+// The micro-kernel holds a block of 6 rows x 64 columns of C in 24 vector registers (2 x 32
+// in 8 on a machine without AVX-512) and walks k; B is packed in panels as wide, so that
+// each step reads contiguous memory. bfloat16 uses the AVX-512 BF16 dot-product
+// instruction (pairs of k at once, float32 accumulation) where the machine has it;
+// otherwise, and for float32, B is packed as float32 and the product is a float32
+// multiply-add.
 
 #ifndef TRANSLATOR_CSRC_GEMM_H_
 #define TRANSLATOR_CSRC_GEMM_H_
@@ -21,19 +22,14 @@
 
 namespace {
 
-// The float32 micro-kernel's vectors: as wide as the machine's registers, so that its
-// accumulators stay in them (16-lane vectors on a machine without AVX-512 would be split
-// in two and spilled: 50x slower on an AVX2 machine).
 #if defined(__AVX512F__)
-typedef float gemm_f32 __attribute__((vector_size(64)));
 // rows per micro-kernel: 6 x 4 accumulators, 4 vectors of B and one of A take 29 of
 // AVX-512's 32 vector registers (4 rows measured 0.8-1.0x as fast)
 constexpr int kRows = 6;
 #else
-typedef float gemm_f32 __attribute__((vector_size(32)));
 constexpr int kRows = 2;  // 8 accumulators, 4 of B, 1 of A: 13 of AVX2's 16 registers
 #endif
-constexpr int64_t kVector = sizeof(gemm_f32) / sizeof(float);
+constexpr int64_t kVector = kLanes;
 constexpr int64_t kPanel = 4 * kVector;  // columns per packed panel and micro-kernel
 
 #if defined(__AVX512BF16__)
@@ -91,16 +87,11 @@ struct PackedB {
 // C rows [m, m + R) x one panel, float32 multiply-add. A element (r, kk) at a[r * lda + kk].
 template <int R, typename T>
 inline void PanelF32(const T* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
-  auto load = [](const float* x) {
-    gemm_f32 v;
-    std::memcpy(&v, x, sizeof v);
-    return v;
-  };
-  gemm_f32 acc[R][4] = {};
+  fvec acc[R][4] = {};
   for (int64_t kk = 0; kk < k; ++kk) {
     const float* bk = b + kk * kPanel;
-    const gemm_f32 b0 = load(bk), b1 = load(bk + kVector), b2 = load(bk + 2 * kVector),
-                   b3 = load(bk + 3 * kVector);
+    const fvec b0 = Load(bk), b1 = Load(bk + kVector), b2 = Load(bk + 2 * kVector),
+               b3 = Load(bk + 3 * kVector);
     for (int r = 0; r < R; ++r) {
       const float x = Scalar(a[r * lda + kk]);
       acc[r][0] += x * b0;
@@ -110,7 +101,7 @@ inline void PanelF32(const T* a, int64_t lda, const float* b, int64_t k, float* 
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < 4; ++v) std::memcpy(c + r * ldc + v * kVector, &acc[r][v], sizeof acc[r][v]);
+    for (int v = 0; v < 4; ++v) Store(c + r * ldc + v * kVector, acc[r][v]);
 }
 
 #if defined(__AVX512BF16__)

@@ -30,28 +30,28 @@ void ForEachBlock(OpKernelContext* ctx, int64_t rows, int64_t units, Fn fn) {
 // previous c -> h and c stored at h_row, c_row; when saved_row is not null, also what
 // CellGradBlock reads (i, f, g, o, tanh(c), previous c, each `units` long).
 template <typename T>
-inline void CellBlock(const f32x16 pre[4], f32x16 before, int64_t j, int64_t units, T* h_row,
+inline void CellBlock(const fvec pre[4], fvec before, int64_t j, int64_t units, T* h_row,
                       float* c_row, float* saved_row) {
-  const f32x16 i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), g = Tanh(pre[2]), o = Sigmoid(pre[3]);
-  const f32x16 c_new = f * before + i * g, tanh_c = Tanh(c_new);
+  const fvec i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), g = Tanh(pre[2]), o = Sigmoid(pre[3]);
+  const fvec c_new = f * before + i * g, tanh_c = Tanh(c_new);
   StorePart(h_row, j, units, o * tanh_c);
   StorePart(c_row, j, units, c_new);
   if (saved_row == nullptr) return;
-  const f32x16 keep[6] = {i, f, g, o, tanh_c, before};
+  const fvec keep[6] = {i, f, g, o, tanh_c, before};
   for (int s = 0; s < 6; ++s) StorePart(saved_row + s * units, j, units, keep[s]);
 }
 
 // The same units backward: dh and dc, the whole gradients reaching this step's h and c
 // -> dz (i, f, g, o) at dz_row and the previous c's gradient at dc_prev_row.
 template <typename T>
-inline void CellGradBlock(const float* saved_row, f32x16 dh, f32x16 dc_in, int64_t j,
+inline void CellGradBlock(const float* saved_row, fvec dh, fvec dc_in, int64_t j,
                           int64_t units, T* dz_row, float* dc_prev_row) {
-  const f32x16 i = LoadPart(saved_row, j, units), f = LoadPart(saved_row + units, j, units);
-  const f32x16 g = LoadPart(saved_row + 2 * units, j, units);
-  const f32x16 o = LoadPart(saved_row + 3 * units, j, units);
-  const f32x16 tanh_c = LoadPart(saved_row + 4 * units, j, units);
-  const f32x16 before = LoadPart(saved_row + 5 * units, j, units), one = f32x16{} + 1.0f;
-  const f32x16 dc = dc_in + dh * o * (one - tanh_c * tanh_c);
+  const fvec i = LoadPart(saved_row, j, units), f = LoadPart(saved_row + units, j, units);
+  const fvec g = LoadPart(saved_row + 2 * units, j, units);
+  const fvec o = LoadPart(saved_row + 3 * units, j, units);
+  const fvec tanh_c = LoadPart(saved_row + 4 * units, j, units);
+  const fvec before = LoadPart(saved_row + 5 * units, j, units), one = fvec{} + 1.0f;
+  const fvec dc = dc_in + dh * o * (one - tanh_c * tanh_c);
   StorePart(dz_row, j, units, dc * g * i * (one - i));
   StorePart(dz_row + units, j, units, dc * before * f * (one - f));
   StorePart(dz_row + 2 * units, j, units, dc * i * (one - g * g));
@@ -90,7 +90,7 @@ class LstmCellOp : public OpKernel {
     float* c_out = c->flat<float>().data();
     float* s_out = saved->flat<float>().data();
     ForEachBlock(ctx, rows, units, [&](int64_t r, int64_t j) {
-      f32x16 pre[4] = {};
+      fvec pre[4] = {};
       for (const T* z : zs)
         for (int g = 0; g < 4; ++g) pre[g] += LoadPart(z + r * 4 * units + g * units, j, units);
       CellBlock(pre, LoadPart(cp + r * units, j, units), j, units, h_out + r * units,
@@ -130,8 +130,8 @@ class LstmCellGradOp : public OpKernel {
     T* dz_out = dz->flat<T>().data();
     float* dc_out_prev = dc_prev->flat<float>().data();
     ForEachBlock(ctx, rows, units, [&](int64_t r, int64_t j) {
-      const f32x16 dh = LoadPart(a + r * units, j, units) + LoadPart(b + r * units, j, units);
-      const f32x16 dc = LoadPart(c1 + r * units, j, units) + LoadPart(c2 + r * units, j, units);
+      const fvec dh = LoadPart(a + r * units, j, units) + LoadPart(b + r * units, j, units);
+      const fvec dc = LoadPart(c1 + r * units, j, units) + LoadPart(c2 + r * units, j, units);
       CellGradBlock(s + r * 6 * units, dh, dc, j, units, dz_out + r * 4 * units,
                     dc_out_prev + r * units);
     });
@@ -227,7 +227,7 @@ class LstmSequenceOp : public OpKernel {
           const T* xr = x + at * 4 * units;
           const float* zr = z.data() + r * packed.n_pad;
           for (int64_t j = 0; j < units; j += kLanes) {
-            f32x16 pre[4];
+            fvec pre[4];
             for (int g = 0; g < 4; ++g)
               pre[g] = LoadPart(xr + g * units, j, units) + LoadPart(zr + g * units, j, units);
             CellBlock(pre, LoadPart(c.data() + r * units, j, units), j, units,
@@ -298,9 +298,9 @@ class LstmSequenceGradOp : public OpKernel {
         for (int64_t r = 0; r < n; ++r) {
           const int64_t at = (first + r) * time + Position(reverse_, length[first + r], t);
           for (int64_t j = 0; j < units; j += kLanes) {
-            const f32x16 dh = LoadPart(dh_in + at * units, j, units) +
+            const fvec dh = LoadPart(dh_in + at * units, j, units) +
                               LoadPart(dh_next.data() + r * packed.n_pad, j, units);
-            const f32x16 dc = LoadPart(dc_in + at * units, j, units) +
+            const fvec dc = LoadPart(dc_in + at * units, j, units) +
                               LoadPart(dc_next.data() + r * units, j, units);
             CellGradBlock(s + at * 6 * units, dh, dc, j, units, dz.data() + r * 4 * units,
                           dc_next.data() + r * units);

@@ -63,7 +63,7 @@ float Row(const T* x, int64_t n, int k, float* values, int32_t* indices) {
   const int64_t full = n / kGroup * kGroup;
   float bound = -kInf, top = -kInf;
   if (full > 0) {
-    f32x16 lanes[4] = {Load(x), Load(x + kLanes), Load(x + 2 * kLanes), Load(x + 3 * kLanes)};
+    fvec lanes[4] = {Load(x), Load(x + kLanes), Load(x + 2 * kLanes), Load(x + 3 * kLanes)};
     for (int64_t j = kGroup; j < full; j += kGroup)
       for (int v = 0; v < 4; ++v) lanes[v] = Max(Load(x + j + v * kLanes), lanes[v]);
     float maxima[kGroup];
@@ -78,13 +78,13 @@ float Row(const T* x, int64_t n, int k, float* values, int32_t* indices) {
 
   TopK best(k, values, indices);
   const bool finite = !(std::isinf(top) || std::isnan(top));
-  const f32x16 shift = f32x16{} + (finite ? top : 0.0f);
-  const f32x16 threshold = f32x16{} + bound;
+  const fvec shift = fvec{} + (finite ? top : 0.0f);
+  const fvec threshold = fvec{} + bound;
   double total = 0.0;
-  f32x16 sum = {};
+  fvec sum = {};
   for (int64_t j = 0; j < full; j += kGroup) {
-    const f32x16 a = Load(x + j), b = Load(x + j + kLanes);
-    const f32x16 c = Load(x + j + 2 * kLanes), d = Load(x + j + 3 * kLanes);
+    const fvec a = Load(x + j), b = Load(x + j + kLanes);
+    const fvec c = Load(x + j + 2 * kLanes), d = Load(x + j + 3 * kLanes);
     sum += (ExpNonPositive(a - shift) + ExpNonPositive(b - shift)) +
            (ExpNonPositive(c - shift) + ExpNonPositive(d - shift));
     if (AnyAtLeast(Max(Max(a, b), Max(c, d)), threshold))
@@ -92,7 +92,7 @@ float Row(const T* x, int64_t n, int k, float* values, int32_t* indices) {
         if (Scalar(x[i]) >= bound) best.Offer(Scalar(x[i]), i);
     if ((j / kGroup) % 8 == 7) {  // float32 partial sums of 512 values, their total in float64
       for (int l = 0; l < kLanes; ++l) total += sum[l];
-      sum = f32x16{};
+      sum = fvec{};
     }
   }
   for (int l = 0; l < kLanes; ++l) total += sum[l];
