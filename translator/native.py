@@ -6,9 +6,10 @@ own ops where they cannot be built.
   ops take five passes over the logits for that (cast, chunk maxima, two top-k, softmax),
   as long as the output matmul itself; the kernel reads each row once (beam 5 at 1,280
   rows: 5 ms against 14 ms).
-* LstmCell and LstmCellGrad (lstm_cell.cc), for every LSTM step (translator.recurrence):
-  the gate arithmetic of a step, forward and backward, in one op each instead of a dozen
-  and two dozen element-wise TensorFlow ops.
+* LstmCell and LstmCellGrad (lstm_cell.cc), for single LSTM steps (the searches' decoder,
+  input feeding, and the loop without LstmSequence): the gate arithmetic of a step,
+  forward and backward, in one op each instead of a dozen and two dozen element-wise
+  TensorFlow ops.
 * LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h), for whole sequences
   (training, and the encoder everywhere): the recurrence over all time steps in one op
   each way, the recurrent product inside it, each worker thread running its own rows of
@@ -23,10 +24,13 @@ own ops where they cannot be built.
 
 The files are compiled on first use with the machine's C++ compiler against the installed
 TensorFlow (about 25 s, once per machine and TensorFlow version) into one library, cached
-under $TRANSLATOR_CACHE (default: data/kernels/ in the project). Without a compiler, or with
-TRANSLATOR_NATIVE=0, every function here returns None and the callers use TensorFlow's
-ops: the same model and translations (sigmoid, tanh and exp agree to ~1e-6; the search
-puts exactly tied tokens in id order; dropout draws other, equally likely masks).
+under $TRANSLATOR_CACHE (default: data/kernels/ in the project), for this machine's CPU
+(-march=native; $TRANSLATOR_MARCH names another level, e.g. x86-64-v3 for AVX2). The
+vectors in csrc/simd.h are as wide as the CPU's registers: 16 floats with AVX-512, 8
+otherwise. Without a compiler, or with TRANSLATOR_NATIVE=0, every function here returns
+None and the callers use TensorFlow's ops: the same model and translations (sigmoid, tanh
+and exp agree to ~1e-6; the search puts exactly tied tokens in id order; dropout draws
+other, equally likely masks).
 """
 
 from __future__ import annotations

@@ -1,10 +1,18 @@
-// LstmCell and LstmCellGrad: one LSTM step's gate arithmetic, forward and backward.
+// The LSTM's compiled ops, all with gates in Keras' order (input, forget, candidate,
+// output) and sigmoid and tanh from simd.h (absolute error below 1e-6):
 //
-// translator/recurrence.py runs the LSTM step by step; between its matmuls a step is a
-// dozen element-wise TensorFlow ops forward (cast, split, three sigmoids, two tanh, ...)
-// and two dozen backward, each a kernel launch and a pass over [batch, 4 x units]. These
-// two ops do each direction in one pass. Gates in Keras' order: input, forget, candidate,
-// output; sigmoid and tanh from simd.h (absolute error below 1e-6).
+// LstmCell and LstmCellGrad: one step's gate arithmetic, forward and backward, for code
+// that steps through time itself (the searches' decoder, input feeding, and
+// translator.recurrence's TensorFlow loop): a dozen element-wise TensorFlow ops forward
+// (cast, split, three sigmoids, two tanh, ...) and two dozen backward, each a kernel
+// launch and a pass over [batch, 4 x units], become one pass each way.
+//
+// LstmSequence and LstmSequenceGrad: a whole sequence, forward and backward, in one op
+// each, the recurrent product inside (gemm.h). In a TensorFlow loop each step's matmul and
+// cell op cost as much again in dispatch and bookkeeping as their work; here each worker
+// thread carries its own rows of the batch through every step, with no hand-off between
+// steps. Batch-major; the encoder's backward direction runs each row from its last real
+// token to its first in place (no reversed copies).
 
 #include "gemm.h"
 
@@ -155,9 +163,14 @@ inline int64_t Position(bool reverse, int32_t length, int64_t t) {
   return reverse && t < length ? length - 1 - t : t;
 }
 
-// Checks that lengths is [rows] with values in [0, time].
-inline void CheckLengths(OpKernelContext* ctx, const Tensor& lengths, int64_t rows,
-                         int64_t time) {
+// Checks what both sequence ops take beside their data: the recurrent kernel [units,
+// 4 * units] and lengths [rows] with values in [0, time].
+inline void CheckKernelAndLengths(OpKernelContext* ctx, const Tensor& kernel,
+                                  const Tensor& lengths, int64_t rows, int64_t time,
+                                  int64_t units) {
+  OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
+              tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
+                                                  "], got ", kernel.shape().DebugString()));
   OP_REQUIRES(ctx, lengths.shape() == TensorShape({rows}),
               tensorflow::errors::InvalidArgument("lengths must be [", rows, "], got ",
                                                   lengths.shape().DebugString()));
@@ -194,11 +207,8 @@ class LstmSequenceOp : public OpKernel {
     OP_REQUIRES(ctx, xw.dims() == 3 && xw.dim_size(0) == rows && xw.dim_size(2) == 4 * units,
                 tensorflow::errors::InvalidArgument("xw must be [", rows, ", time, ", 4 * units,
                                                     "], got ", xw.shape().DebugString()));
-    OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
-                tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
-                                                    "], got ", kernel.shape().DebugString()));
     const int64_t time = xw.dim_size(1);
-    CheckLengths(ctx, lengths, rows, time);
+    CheckKernelAndLengths(ctx, kernel, lengths, rows, time, units);
     if (!ctx->status().ok()) return;
     Tensor *hs = nullptr, *cs = nullptr, *h_in = nullptr, *saved = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, time, units}), &hs));
@@ -272,10 +282,7 @@ class LstmSequenceGradOp : public OpKernel {
                   tensorflow::errors::InvalidArgument("gradients must be [", rows, ", ", time,
                                                       ", ", units, "], got ",
                                                       t->shape().DebugString()));
-    OP_REQUIRES(ctx, kernel.shape() == TensorShape({units, 4 * units}),
-                tensorflow::errors::InvalidArgument("kernel must be [", units, ", ", 4 * units,
-                                                    "], got ", kernel.shape().DebugString()));
-    CheckLengths(ctx, lengths, rows, time);
+    CheckKernelAndLengths(ctx, kernel, lengths, rows, time, units);
     if (!ctx->status().ok()) return;
     Tensor *dzs = nullptr, *dh0 = nullptr, *dc0 = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, time, 4 * units}), &dzs));
