@@ -202,26 +202,43 @@ def machine() -> dict[str, Any]:
     }
 
 
-def quiet_warning() -> str | None:
-    """A warning when the 1-minute load average says something else is running."""
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+def quiet_warning(load: float | None = None) -> str | None:
+    """A warning when the 1-minute load average (now, or the one given) says something else
+    is running."""
+    load = os.getloadavg()[0] if load is None else load
+    cpus = os.cpu_count() or 1
     if load > 0.5 * cpus:
         return (f"WARNING: load average {load:.2f} on {cpus} CPUs: the machine is not quiet; "
                 "these figures are not fit to report")
     return None
 
 
+def wait_until_quiet(limit_s: float = 150.0, poll_s: float = 5.0) -> None:
+    """Waits (up to limit_s) while the 1-minute load average is above the quiet threshold:
+    it lags, so a benchmark started just after another would be judged by the other's load
+    for a minute or two although the machine is idle."""
+    deadline = time.monotonic() + limit_s
+    if quiet_warning() and time.monotonic() < deadline:
+        print(f"load average {os.getloadavg()[0]:.2f}: waiting up to {limit_s:.0f} s for it "
+              "to settle ...", flush=True)
+        while quiet_warning() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+
+
 def print_machine() -> dict[str, Any]:
-    """Prints the machine line (and the not-quiet warning, if any); returns machine()."""
+    """Prints the machine line (and the not-quiet warning, if any); returns machine().
+    The machine is judged quiet or not before the kernels are compiled (that build, ~25 s
+    on first use, loads the CPUs itself)."""
     from translator import native
 
+    wait_until_quiet()
     info = machine()
+    info["quiet_warning"] = quiet_warning(info["load_average_at_start"][0])
     info["compiled_kernels"] = native.library() is not None
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
           f"Keras {info['keras']}; compiled kernels (translator/native.py): "
           f"{'yes' if info['compiled_kernels'] else 'no, TensorFlow ops'}")
-    info["quiet_warning"] = quiet_warning()  # judged before the benchmark loads the CPUs
     if info["quiet_warning"]:
         print(info["quiet_warning"])
     return info
