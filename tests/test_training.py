@@ -153,13 +153,17 @@ def test_folder_loads_in_a_fresh_process_and_reproduces_its_dev_bleu(tiny_model)
         assert reproduced[metric] == recorded[metric]
 
 
-def test_progress_bar_ends_its_line_before_the_epoch_log(tmp_path, capsys):
+def test_progress_bar_counts_the_run_s_epochs_and_ends_its_line_before_the_epoch_log(
+        tmp_path, capsys):
     """With the progress bar on, each epoch's dev BLEU line starts a line of its own (it
-    used to continue the bar's last line: '... loss: 3.9881epoch 2: dev BLEU 21.72')."""
-    train(small_config("training.epochs=1"), tmp_path / "m", verbose=1, log=print)
+    used to continue the bar's last line: '... loss: 3.9881epoch 2: dev BLEU 21.72'), and
+    the bar counts epochs out of the run's (it read 'Epoch 2/2': fit runs one epoch at a
+    time)."""
+    train(small_config(), tmp_path / "m", verbose=1, log=print)
     lines = capsys.readouterr().out.splitlines()
     bleu_lines = [line for line in lines if "dev BLEU" in line]
-    assert bleu_lines and all(line.startswith("epoch 1: dev BLEU") for line in bleu_lines), lines
+    assert [line[:18] for line in bleu_lines] == ["epoch 1: dev BLEU ", "epoch 2: dev BLEU "]
+    assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
     assert any("loss:" in line for line in lines)  # the bar did print
 
 

@@ -82,6 +82,22 @@ def learning_rate(cfg: TrainingConfig, step: int, scale: float) -> float:
     return cfg.learning_rate * warm * scale
 
 
+class EpochProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, with the run's epoch count: training calls fit one epoch at a
+    time (to resume mid-epoch), so Keras' own would read "Epoch 2/2", "Epoch 3/3", ...
+    Listed before TrainingControl, it also ends its line before the epoch's dev BLEU is
+    logged (Keras would add its own after ours, and the BLEU line would continue the
+    bar's: '... loss: 3.9881epoch 2: dev BLEU 21.72')."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.total_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+
 class TrainingControl(keras.callbacks.Callback):
     """Per batch: sets the learning rate, checkpoints every cfg.checkpoint_every steps and
     watches the time budget. Per epoch: dev BLEU, history, best model, early stopping."""

@@ -16,7 +16,7 @@ import numpy as np
 from translator import config as config_lib
 from translator import corpus as corpus_lib
 from translator import model_folder as mf
-from translator.callbacks import STATE_FILE, RunState, TrainingControl
+from translator.callbacks import STATE_FILE, EpochProgress, RunState, TrainingControl
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
 from translator.metrics import evaluate
 from translator.model import MaskedCrossEntropy
@@ -166,10 +166,8 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
                               batches.steps_per_epoch, dev_bleu, save_best, log)
-    # the progress bar first: it ends its epoch line before control logs the dev BLEU (Keras
-    # would append its own after ours, and the BLEU line would continue the bar's)
-    callbacks = [keras.callbacks.ProgbarLogger(), control,
-                 keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
+    callbacks = [EpochProgress(config.training.epochs), control,  # in this order: see
+                 keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]  # there
     dev_data = eval_batches(dev_ids)
     validation = batches_dataset(lambda: iter(dev_data))
     budget = config.training.max_minutes
