@@ -166,8 +166,9 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
                               batches.steps_per_epoch, dev_bleu, save_best, log)
-    callbacks = [EpochProgress(config.training.epochs), control,  # in this order: see
-                 keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]  # there
+    # the progress bar before control (why: EpochProgress's docstring)
+    callbacks = [EpochProgress(config.training.epochs), control,
+                 keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
     dev_data = eval_batches(dev_ids)
     validation = batches_dataset(lambda: iter(dev_data))
     budget = config.training.max_minutes
