@@ -13,10 +13,8 @@ Variants (each turns off what it names):
   keras-adam      translator.optimizer.FusedAdam -> keras.optimizers.Adam
   keras-dropout   the SeededDropout kernel -> Keras' dropout
   xla-loss        the SmoothedCrossEntropy kernel -> the XLA-compiled TensorFlow ops
-  tf-lstm-loop    the LstmSequence kernels -> TensorFlow's loop over time steps (tf.scan),
-                  each step a MatMul and the LstmCell kernel
-  tf-lstm-cells   that loop, and in it the LstmCell / LstmCellGrad kernels -> TensorFlow's
-                  element-wise ops
+  tf-lstm-loop    the LstmSequence kernels -> TensorFlow's loop over time steps (tf.scan;
+                  each step a MatMul and the gates' element-wise ops), as without kernels
   none            all of the above: TRANSLATOR_NATIVE=0 and Keras' Adam
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/train_ablation.py
@@ -41,7 +39,6 @@ VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
     "keras-dropout": (("dropout",), False),
     "xla-loss": (("smoothed_cross_entropy",), False),
     "tf-lstm-loop": (("lstm_sequence",), False),
-    "tf-lstm-cells": (("lstm_sequence", "lstm_cell", "lstm_cell_grad"), False),
     "none": (("*",), True),
 }
 

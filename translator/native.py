@@ -7,9 +7,8 @@ own ops where they cannot be built.
   as long as the output matmul itself; the kernel reads each row once (beam 5 at 1,280
   rows: 5 ms against 14 ms).
 * LstmCell and LstmCellGrad (lstm_cell.cc), for single LSTM steps (the searches' decoder,
-  input feeding, and the loop without LstmSequence): the gate arithmetic of a step,
-  forward and backward, in one op each instead of a dozen and two dozen element-wise
-  TensorFlow ops.
+  input feeding): the gate arithmetic of a step, forward and backward, in one op each
+  instead of a dozen and two dozen element-wise TensorFlow ops.
 * LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h), for whole sequences
   (training, and the encoder everywhere): the recurrence over all time steps in one op
   each way, the recurrent product inside it, each worker thread running its own rows of
@@ -203,7 +202,7 @@ def top_k_log_norm(logits: Any, k: int) -> tuple[Any, Any, Any] | None:
 def lstm_cell(parts: list, c: Any, save: bool = True) -> tuple[Any, Any, Any] | None:
     """One LSTM step's gates: parts, tensors [batch, 4 * units] whose sum is the
     pre-activation z (gate order i, f, g, o), c float32 [batch, units] -> h [batch, units]
-    in z's dtype, the new c float32, and what lstm_cell_grad needs, float32
+    in z's dtype, the new c float32, and what LstmCellGrad needs, float32
     [batch, 6 * units] (i, f, g, o, tanh(new c), c), or [batch, 0] when save is False.
     None when the kernels are not available."""
     lib = _library_for(parts[0])
@@ -212,23 +211,10 @@ def lstm_cell(parts: list, c: Any, save: bool = True) -> tuple[Any, Any, Any] | 
     return tuple(lib.lstm_cell(parts, tf.cast(c, tf.float32), save=save))
 
 
-@tf.autograph.experimental.do_not_convert
-def lstm_cell_grad(dh: Any, dh_next: Any, dc: Any, dc_next: Any, saved: Any
-                   ) -> tuple[Any, Any] | None:
-    """Backward through one step: the gradients reaching h (dh from above, dh_next through
-    the next step's recurrent matmul, both in the compute dtype) and c (float32), and
-    lstm_cell's saved activations -> dz [batch, 4 * units] in dh's dtype, and the gradient
-    of the previous c, float32. None when the kernels are not available."""
-    lib = _library_for(dh)
-    if lib is None:
-        return None
-    return tuple(lib.lstm_cell_grad(dh, tf.cast(dh_next, dh.dtype), dc, dc_next, saved))
-
-
 @tf.RegisterGradient("LstmCell")
 def _lstm_cell_gradient(op: Any, dh: Any, dc: Any, _dsaved: Any) -> list:
-    """The gradient of LstmCell for code that differentiates a step directly (input
-    feeding loops over decoder steps under a GradientTape); lstm_sequence has its own.
+    """The gradient of LstmCell, for code that differentiates a step directly (input
+    feeding loops over decoder steps under a GradientTape), through LstmCellGrad.
     Recomputes the activations only when the op was run without saving them."""
     parts, c = op.inputs[:-1], op.inputs[-1]
     saved = op.outputs[2]

@@ -1,17 +1,18 @@
 """The LSTM recurrence over a whole sequence, with a hand-written backward pass.
 
-Only the part that must run step by step is in the loop: h_{t-1} @ U plus the gates.
-The input projection x @ W + b for every time step is one large matmul before the loop
-(TensorFlow differentiates it as usual), and the backward pass loops once, carrying
-only the gradients of h and c; the recurrent kernel's gradient is then one large
-matmul over all steps (h_{t-1}^T @ dz_t summed), not a small one accumulated per step.
-On a 2-core CPU the per-step work is what limits training, so this halves the matmuls
-inside the loops (forward 2 -> 1, backward 4 -> 1) and removes the per-step weight casts
-and gradient accumulation of a generic RNN loop.
+With the compiled kernels (translator.native) a whole sequence is one op each way
+(LstmSequence, LstmSequenceGrad) and a single step's gates are one op (LstmCell, for
+code that steps through time itself: searches, input feeding). Without them, the
+TensorFlow loops below, written the same way: only the part that must run step by step
+is in the loop (h_{t-1} @ U plus the gates); the input projection x @ W + b for every
+time step is one large matmul before the loop (TensorFlow differentiates it as usual),
+and the backward pass loops once, carrying only the gradients of h and c; the recurrent
+kernel's gradient is then one large matmul over all steps (h_{t-1}^T @ dz_t summed), not
+a small one accumulated per step. That halves the matmuls inside the loops (forward 2 ->
+1, backward 4 -> 1) and removes the per-step weight casts and gradient accumulation of a
+generic RNN loop.
 
-Gates are ordered as in Keras' LSTMCell: input, forget, candidate, output. Where the
-compiled kernels are available (translator.native) a step's gate arithmetic is one op
-forward (LstmCell) and one backward (LstmCellGrad); otherwise the TensorFlow ops below.
+Gates are ordered as in Keras' LSTMCell: input, forget, candidate, output.
 """
 
 from __future__ import annotations
@@ -51,10 +52,7 @@ def lstm_cell(z, c, save=False):
 def _forward_step(xw_t, h, c_before, kernel):
     """(h, c float32, saved float32 [batch, 6*units]: i, f, g, o, tanh(c), c_{t-1})."""
     recurrent = tf.matmul(h, kernel)
-    fast = native.lstm_cell([xw_t, recurrent], c_before)
-    if fast is not None:
-        return fast
-    # the two parts added in float32, as the kernel does
+    # the two parts added in float32, as the kernels do
     gates, c, h_new = _gates(tf.cast(xw_t, tf.float32) + tf.cast(recurrent, tf.float32), c_before)
     return tf.cast(h_new, xw_t.dtype), c, tf.concat([*gates, c_before], -1)
 
@@ -62,9 +60,6 @@ def _forward_step(xw_t, h, c_before, kernel):
 def _backward_step(dh_out, dc_out, dh_next, dc_next, saved):
     """Gradients at one step -> (dz [batch, 4*units] in dh_out's dtype, d c_{t-1} float32).
     dh_next arrives through the next step's recurrent matmul, in the compute dtype."""
-    fast = native.lstm_cell_grad(dh_out, dh_next, dc_out, dc_next, saved)
-    if fast is not None:
-        return fast
     i, f, g, o, tanh_c, c_before = tf.split(saved, 6, axis=-1)
     dh = tf.cast(dh_out, tf.float32) + tf.cast(dh_next, tf.float32)
     dc = tf.cast(dc_out, tf.float32) + dc_next + dh * o * (1 - tanh_c * tanh_c)
@@ -87,7 +82,7 @@ def lstm_sequence(xw, h0, c0, recurrent_kernel, lengths=None, reverse=False, sav
     the cost of running the sequence again).
 
     With the compiled kernels the whole loop, forward and backward, is one op each way
-    (native.lstm_sequence); otherwise the tf.scan loops of _time_major_sequence, over
+    (native.lstm_sequence); without them the tf.scan loops of _time_major_sequence, over
     reversed copies of the rows when reverse.
     """
     if lengths is None:
@@ -129,10 +124,6 @@ def _time_major_sequence(xw, h0, c0, recurrent_kernel):
                 dh_next, dc_next, _ = carry
                 dh_out, dc_out, saved_t = inputs
                 dz, dc_prev = _backward_step(dh_out, dc_out, dh_next, dc_next, saved_t)
-                # the loop's carried shapes must not lose the static batch size (the
-                # kernel's shape function takes it from dc_out, which may not know it)
-                dz.set_shape(xw.shape[1:])
-                dc_prev.set_shape(h0.shape)
                 return tf.matmul(dz, kernel_t), dc_prev, dz
 
             # scanned in reverse, position 0 holds what flows out of the first step:
