@@ -29,8 +29,7 @@ constexpr int kRows = 6;
 #else
 constexpr int kRows = 2;  // 8 accumulators, 4 of B, 1 of A: 13 of AVX2's 16 registers
 #endif
-constexpr int64_t kVector = kLanes;
-constexpr int64_t kPanel = 4 * kVector;  // columns per packed panel and micro-kernel
+constexpr int64_t kPanel = 4 * kLanes;  // columns per packed panel and micro-kernel
 
 #if defined(__AVX512BF16__)
 constexpr bool kBf16Dot = true;
@@ -90,8 +89,8 @@ inline void PanelF32(const T* a, int64_t lda, const float* b, int64_t k, float* 
   fvec acc[R][4] = {};
   for (int64_t kk = 0; kk < k; ++kk) {
     const float* bk = b + kk * kPanel;
-    const fvec b0 = Load(bk), b1 = Load(bk + kVector), b2 = Load(bk + 2 * kVector),
-               b3 = Load(bk + 3 * kVector);
+    const fvec b0 = Load(bk), b1 = Load(bk + kLanes), b2 = Load(bk + 2 * kLanes),
+               b3 = Load(bk + 3 * kLanes);
     for (int r = 0; r < R; ++r) {
       const float x = Scalar(a[r * lda + kk]);
       acc[r][0] += x * b0;
@@ -101,7 +100,7 @@ inline void PanelF32(const T* a, int64_t lda, const float* b, int64_t k, float* 
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < 4; ++v) Store(c + r * ldc + v * kVector, acc[r][v]);
+    for (int v = 0; v < 4; ++v) Store(c + r * ldc + v * kLanes, acc[r][v]);
 }
 
 #if defined(__AVX512BF16__)
@@ -115,9 +114,9 @@ inline void PanelBf16(const uint16_t* a, int64_t lda, const uint32_t* b, int64_t
   const int64_t whole = k / 2;
   auto step = [&](const uint32_t* bp, auto pair_of_row) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + kVector);
-    const __m512bh b2 = (__m512bh)_mm512_loadu_si512(bp + 2 * kVector);
-    const __m512bh b3 = (__m512bh)_mm512_loadu_si512(bp + 3 * kVector);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + kLanes);
+    const __m512bh b2 = (__m512bh)_mm512_loadu_si512(bp + 2 * kLanes);
+    const __m512bh b3 = (__m512bh)_mm512_loadu_si512(bp + 3 * kLanes);
     for (int r = 0; r < R; ++r) {
       const __m512bh x = (__m512bh)_mm512_set1_epi32(pair_of_row(r));
       acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
@@ -135,7 +134,7 @@ inline void PanelBf16(const uint16_t* a, int64_t lda, const uint32_t* b, int64_t
   if (k % 2)  // the last k alone, paired with the zero the packing put beside it
     step(b + whole * kPanel, [&](int r) { return int32_t{a[r * lda + k - 1]}; });
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(c + r * ldc + v * kVector, acc[r][v]);
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(c + r * ldc + v * kLanes, acc[r][v]);
 }
 #endif
 
