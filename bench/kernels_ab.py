@@ -1,12 +1,15 @@
 """Decoding speed with the compiled kernels (translator/native.py) against TensorFlow's ops,
-in one run.
+and against the kernels without the searches' fused ones, in one run.
 
 This machine's speed drifts by 10-20% over minutes, so the two variants are built side by
 side in one process (each traced with TRANSLATOR_NATIVE set accordingly; the switch is
 read when a function is traced) and timed interleaved: a trained model folder translating
 Multi30k test_2016_flickr through Translator.translate, greedy and beam 5; whole passes
-over the 1,000 sentences alternate between the variants (sentences/s, medians). For
-training, bench/train_ablation.py turns off each kernel (and the fused Adam) alone.
+over the 1,000 sentences alternate between the variants (sentences/s, medians). The
+"unfused" variant has every kernel but the searches' fused ones (LstmStep, ProjectTopK:
+nothing packed, so the decoder step runs a matmul, LstmCell, the output matmul and
+TopKLogNorm). For training, bench/train_ablation.py turns off each kernel (and the fused
+Adam) alone.
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/kernels_ab.py --model models/base
 """
@@ -22,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import flops  # noqa: E402
 
-VARIANTS = {"tf-ops": "0", "kernels": "1"}  # name -> TRANSLATOR_NATIVE while tracing
+# name -> (TRANSLATOR_NATIVE, the searches' fused kernels) while tracing
+VARIANTS = {"tf-ops": ("0", False), "unfused": ("1", False), "kernels": ("1", True)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,12 +40,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def traced_as(variant: str, build) -> Any:
-    """Calls build() (which must trace everything it will run) with the variant's switch."""
+    """Calls build() (which must trace everything it will run) with the variant's switches:
+    without the fused kernels, translator.native.pack_weights packs nothing (as where the
+    kernels are missing), so the model traces its unfused decoder step."""
+    from translator import native
+
     before = os.environ.get("TRANSLATOR_NATIVE")
-    os.environ["TRANSLATOR_NATIVE"] = VARIANTS[variant]
+    flag, fused = VARIANTS[variant]
+    os.environ["TRANSLATOR_NATIVE"] = flag
+    pack = native.pack_weights
+    if not fused:
+        native.pack_weights = lambda *args, **kwargs: None
     try:
         return build()
     finally:
+        native.pack_weights = pack
         if before is None:
             os.environ.pop("TRANSLATOR_NATIVE")
         else:
@@ -61,18 +74,22 @@ def decode_ab(args: argparse.Namespace) -> dict[str, Any]:
 
         translators = {v: traced_as(v, build) for v in VARIANTS}
         speed: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats):  # each variant in turn, the order reversed each pass
             order = list(VARIANTS) if repeat % 2 == 0 else list(VARIANTS)[::-1]
             for variant in order:
                 start = time.perf_counter()
                 translators[variant].translate(texts, beam=beam, batch_size=args.batch_size)
                 speed[variant].append(len(texts) / (time.perf_counter() - start))
         medians = {v: flops.median(s) for v, s in speed.items()}
-        results[f"beam {beam}"] = {"sentences_per_s": speed, "median": medians,
-                                   "ratio": medians["kernels"] / medians["tf-ops"]}
+        results[f"beam {beam}"] = {
+            "sentences_per_s": speed, "median": medians,
+            "ratio": medians["kernels"] / medians["tf-ops"],
+            "fused_ratio": medians["kernels"] / medians["unfused"]}
         print(f"decoding beam {beam}, batch {args.batch_size}: TensorFlow ops "
-              f"{medians['tf-ops']:.1f}, kernels {medians['kernels']:.1f} sentences/s "
-              f"({results[f'beam {beam}']['ratio']:.3f}x)", flush=True)
+              f"{medians['tf-ops']:.1f}, kernels without the fused step "
+              f"{medians['unfused']:.1f}, kernels {medians['kernels']:.1f} sentences/s "
+              f"(kernels/ops {medians['kernels'] / medians['tf-ops']:.3f}x, "
+              f"fused/unfused {medians['kernels'] / medians['unfused']:.3f}x)", flush=True)
     return results
 
 

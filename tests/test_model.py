@@ -276,3 +276,51 @@ def test_attention_outside_training_kernel_equals_tf_ops(kind, monkeypatch):
             np.testing.assert_allclose(kernel_out.numpy(), ops_out.numpy(), atol=1e-6)
         weights = results["1"][1].numpy().reshape(3, -1, 6)  # per sentence
         assert np.all(weights[2, :, 2:] == 0) and np.all(weights[1, :, 4:] == 0)  # padding
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+@pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])
+def test_search_packed_step_equals_the_plain_step(tie_embeddings, attention, input_feeding,
+                                                  monkeypatch):
+    """encode(search=True) packs the decoder's weights for the fused kernels (LstmStep,
+    ProjectTopK); decode_step(projection=True) then gives the same LSTM states and, from
+    its Projection, the same top tokens and log-normaliser as the plain step's logits
+    (float32, within 1e-5), step after step, two decoder layers, tied or untied output."""
+    from translator import native
+    from translator.top_k import Projection, top_k_log_norm
+
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    if native.library() is None:
+        pytest.skip("the compiled kernels are not available")
+    model = make_model(attention=attention, input_feeding=input_feeding,
+                       tie_embeddings=tie_embeddings)
+    inputs = batch()
+    _, _, plain = model.encode(inputs["source"])
+    _, _, packed = model.encode(inputs["source"], search=True)
+    assert packed["weights"]["projection"] and all(
+        len(w) == 3 for w in packed["weights"]["lstm"])
+    for t in range(inputs["target_in"].shape[1]):
+        tokens = inputs["target_in"][:, t]
+        logits, plain, _ = model.decode_step(tokens, plain)
+        projection, packed, _ = model.decode_step(tokens, packed, projection=True)
+        assert isinstance(projection, Projection)
+        want = top_k_log_norm(logits, 5)
+        got = top_k_log_norm(projection, 5)
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+        for a, b in [(got[0], want[0]), (got[2], want[2])]:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        for (h1, c1), (h2, c2) in zip(packed["lstm"], plain["lstm"]):
+            np.testing.assert_allclose(h1.numpy(), h2.numpy(), atol=1e-5)
+            np.testing.assert_allclose(c1.numpy(), c2.numpy(), atol=1e-5)
+
+
+def test_search_packing_falls_back_to_logits_without_the_kernels(monkeypatch):
+    """Without the kernels nothing is packed and decode_step(projection=True) returns the
+    logits (in the compute dtype), which the searches read as before."""
+    monkeypatch.setenv("TRANSLATOR_NATIVE", "0")
+    model = make_model()
+    _, _, state = model.encode(batch()["source"], search=True)
+    assert state["weights"]["projection"] == {}
+    assert all(len(w) == 2 for w in state["weights"]["lstm"])
+    logits, _, _ = model.decode_step(np.array([2, 2], "int32"), state, projection=True)
+    assert tuple(logits.shape) == (2, VOCAB)

@@ -444,7 +444,122 @@ def test_avx2_build_passes_the_same_checks(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_native.py", "tests/test_model.py", "-k",
-         "(kernel and not missing) or dropout or grouped_attention_against or lstm_backward"],
+         "(kernel and not missing) or dropout or grouped_attention_against or lstm_backward"
+         " or project_top_k or lstm_step or search_packed"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and list(tmp_path.glob("kernels-*.so"))
+
+
+def _projection_case(rows: int, depth: int, vocab: int, seed: int):
+    """Features and weights [depth, vocab] of small multiples of 1/4 and a bias of
+    multiples of 1/8: every logit is exact in float32 and bfloat16, and many repeat."""
+    rng = np.random.default_rng(seed)
+    features = rng.integers(-3, 4, size=(rows, depth)).astype("float32") / 2
+    weights = rng.integers(-2, 3, size=(depth, vocab)).astype("float32") / 2
+    bias = rng.integers(-8, 9, size=vocab).astype("float32") / 8
+    return features, weights, bias
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows,depth,vocab,k,transposed", [
+    (13, 256, 8000, 10, True), (7, 33, 1000, 3, False), (1, 1, 70, 70, True),
+    (20, 770, 257, 1, False), (6, 64, 64, 64, True), (0, 16, 100, 5, False)])
+def test_project_top_k_equals_matmul_top_k_and_logsumexp(kernel, dtype, rows, depth, vocab,
+                                                         k, transposed):
+    """ProjectTopK (the output projection and top k in one kernel, the weights packed once)
+    gives tf.math.top_k's values and ids (the lower id first among ties) of features @ W
+    + bias and their log-sum-exp (within 2e-6), for rows across the kernel's row blocks,
+    odd depths, vocabularies across its panels and chunks, weights [depth, vocab] or a
+    tied table [vocab, depth]."""
+    features, weights, bias = _projection_case(rows, depth, vocab, rows + depth + k)
+    table = weights.T.copy() if transposed else weights
+    packed = native.pack_weights(tf.cast(table, dtype), "transposed" if transposed else "dense")
+    values, ids, log_norm = native.project_top_k(tf.cast(features, dtype), packed, bias, k)
+    logits = features.astype("float64") @ weights + bias
+    want_values, want_ids = tf.math.top_k(tf.constant(logits), k=k)
+    np.testing.assert_array_equal(values.numpy(), want_values.numpy().astype("float32"))
+    np.testing.assert_array_equal(ids.numpy(), want_ids.numpy())
+    want_norm = tf.reduce_logsumexp(tf.constant(logits), -1).numpy()
+    np.testing.assert_allclose(log_norm.numpy(), want_norm, rtol=2e-6, atol=2e-6)
+    assert values.shape == (rows, k) and ids.dtype == tf.int32 and log_norm.shape == (rows,)
+
+
+def test_project_top_k_on_spread_logits_matches_top_k_log_norm(kernel):
+    """Logits spread like a model's (a few large, most far below; rows 1,280 long, split
+    between threads): the same top 10 and log-normaliser as TopKLogNorm on the logits
+    written out."""
+    rng = np.random.default_rng(5)
+    features = rng.normal(0, 1, size=(1280, 256)).astype("float32")
+    table = rng.normal(0, 0.3, size=(8000, 256)).astype("float32")
+    bias = np.linspace(2, -8, 8000).astype("float32")
+    packed = native.pack_weights(tf.constant(table), "transposed")
+    values, ids, log_norm = native.project_top_k(tf.constant(features), packed, bias, 10)
+    logits = tf.matmul(features, table, transpose_b=True) + bias
+    want_values, want_ids, want_norm = native.top_k_log_norm(logits, 10)
+    np.testing.assert_allclose(values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.mean(ids.numpy() == want_ids.numpy()) > 0.999  # rounding may swap near-ties
+    np.testing.assert_allclose(log_norm.numpy(), want_norm.numpy(), rtol=2e-6, atol=2e-5)
+
+
+def test_project_top_k_nan_rows_and_mismatched_packing(kernel):
+    """A NaN feature makes its row's log-normaliser NaN and leaves the other rows as they
+    were; weights packed for another shape or dtype are refused, naming both sizes."""
+    features, weights, bias = _projection_case(3, 40, 300, 1)
+    packed = native.pack_weights(tf.constant(weights))
+    clean = native.project_top_k(tf.constant(features), packed, bias, 4)
+    features[1, 7] = np.nan
+    values, ids, log_norm = native.project_top_k(tf.constant(features), packed, bias, 4)
+    assert np.isnan(log_norm[1]) and not np.isnan(log_norm.numpy()[[0, 2]]).any()
+    for got, want in zip((values, ids, log_norm), clean):
+        np.testing.assert_array_equal(got.numpy()[[0, 2]], want.numpy()[[0, 2]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="packed weights hold"):
+        native.project_top_k(tf.constant(features[:, :39]), packed, bias, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds the vocabulary"):
+        native.project_top_k(tf.constant(features), packed, bias, 301)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows,inputs,units", [(13, 256, 512), (7, 33, 20), (1, 5, 16),
+                                               (40, 0, 40), (0, 8, 16), (300, 64, 48)])
+def test_lstm_step_equals_the_cell_over_the_product_in_float64(kernel, dtype, rows, inputs,
+                                                               units):
+    """LstmStep ([x, h] @ W + bias and the cell in one op, W packed in gate order) against
+    the LSTM step computed in float64: units not a multiple of the vector width, no input,
+    no rows, rows across threads; h in the inputs' dtype (float32 within 1e-5, bfloat16
+    within its rounding), c in float32."""
+    rng = np.random.default_rng(rows + inputs + units)
+    x = rng.normal(size=(rows, inputs)).astype("float32")
+    h = rng.normal(size=(rows, units)).astype("float32")
+    c = rng.normal(size=(rows, units)).astype("float32")
+    stacked = (rng.normal(size=(inputs + units, 4 * units)) * 0.2).astype("float32")
+    bias = rng.normal(size=4 * units).astype("float32")
+    cast = lambda a: tf.cast(a, dtype)  # noqa: E731
+    packed = native.pack_weights(cast(stacked), "gates")
+    h_new, c_new = native.lstm_step(cast(x), cast(h), c, packed, bias)
+    exact = lambda a: tf.cast(cast(a), tf.float64).numpy()  # noqa: E731
+    z = np.concatenate([exact(x), exact(h)], 1) @ exact(stacked) + bias
+    i, f, g, o = np.split(z, 4, axis=1)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    want_c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    want_h = sigmoid(o) * np.tanh(want_c)
+    tolerance = 1e-5 if dtype == "float32" else 8e-3
+    assert h_new.dtype == dtype and c_new.dtype == tf.float32
+    np.testing.assert_allclose(c_new.numpy(), want_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tf.cast(h_new, tf.float32).numpy(), want_h, atol=tolerance)
+
+
+def test_lstm_step_refuses_mismatched_packing_and_shapes(kernel):
+    """Weights packed in another layout or for other sizes, and mismatched states, are
+    refused with what was expected."""
+    stacked = tf.zeros([24, 64])
+    x, h, c, bias = tf.zeros([3, 8]), tf.zeros([3, 16]), tf.zeros([3, 16]), tf.zeros([64])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="packed weights hold"):
+        native.lstm_step(x, h, c, native.pack_weights(tf.zeros([23, 64]), "gates"), bias)
+    packed = native.pack_weights(stacked, "gates")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="h and c"):
+        native.lstm_step(x, h, tf.zeros([3, 15]), packed, bias)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
+        native.lstm_step(x, h, c, packed, tf.zeros([63]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="4 \\* units"):
+        native.pack_weights(tf.zeros([4, 6]), "gates")

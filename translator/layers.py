@@ -96,16 +96,26 @@ class LSTM(layers.Layer):
         ends = tf.stack([tf.range(steps[0]), last], 1)
         return hs, (tf.gather_nd(hs, ends), tf.gather_nd(cs, ends))
 
-    def step_weights(self):
+    def step_weights(self, packed=False):
         """(kernel stacked over recurrent_kernel [in + units, 4*units], bias), in the compute
-        dtype: what `step` reads. A search computes it once, not once per step."""
+        dtype: what `step` reads. A search computes it once, not once per step. With
+        packed (searches) and the kernels available, a third item: the stacked kernel
+        packed for LstmStep (translator.native.lstm_step) and the bias in float32."""
         kernel, recurrent_kernel, bias = self._weights()
-        return ops.concatenate([kernel, recurrent_kernel], 0), bias
+        stacked = ops.concatenate([kernel, recurrent_kernel], 0)
+        fused = native.pack_weights(stacked, "gates") if packed else None
+        if fused is None:
+            return stacked, bias
+        return stacked, bias, (fused, ops.cast(self.bias, "float32"))
 
     def step(self, inputs, state, weights=None, training=False):
-        """inputs [batch, in], state (h, c) -> (h, c); one matmul over [inputs, h]."""
-        stacked, bias = self.step_weights() if weights is None else weights
+        """inputs [batch, in], state (h, c) -> (h, c); one matmul over [inputs, h], or
+        outside training with packed weights (step_weights(packed=True)) one LstmStep op:
+        the product and the cell together, the gates never written out."""
+        stacked, bias, *fused = self.step_weights() if weights is None else weights
         h, c = state
+        if fused and not training:
+            return native.lstm_step(ops.cast(inputs, h.dtype), h, c, *fused[0])
         z = ops.matmul(ops.concatenate([inputs, h], -1), stacked) + bias
         return lstm_cell(z, c, save=bool(training))
 

@@ -19,6 +19,7 @@ from keras import layers, ops
 from translator import native
 from translator.layers import LSTM, Attention, Bridge, Dropout, Encoder
 from translator.tokenizer import PAD_ID
+from translator.top_k import Projection
 
 STATIC_KEYS = ("memory", "keys", "mask")  # per-sentence decoder state, fixed during search
 SHARED_KEYS = ("weights",)  # decoder state shared by every sentence (never tiled or reordered)
@@ -169,26 +170,46 @@ class Seq2Seq(keras.Model):
         kernel, bias = state["weights"]["attentional"]
         return ops.tanh(ops.matmul(ops.concatenate([context, hidden], -1), kernel) + bias), weights
 
-    def step_weights(self) -> dict:
+    def step_weights(self, search=False) -> dict:
         """The weights the decoder reads at every step, in the compute dtype. `encode` puts
         them in the decoder state, so a search casts them once, not once per step (under
-        mixed precision each cast of the embedding table alone cost 0.4 ms per step)."""
+        mixed precision each cast of the embedding table alone cost 0.4 ms per step).
+        search=True adds them packed for the searches' fused kernels (the decoder LSTMs'
+        LstmStep, the output projection's ProjectTopK), where those are available."""
         dtype = self.compute_dtype
         weights = {
             "embedding": ops.cast(self.tgt_embedding.embeddings, dtype),
-            "lstm": [lstm.step_weights() for lstm in self.decoder_lstms],
+            "lstm": [lstm.step_weights(packed=search) for lstm in self.decoder_lstms],
             "attentional": (ops.cast(self.attentional.kernel, dtype),
                             ops.cast(self.attentional.bias, dtype)),
         }
         if self.tie_embeddings:
             weights["output"] = self.output_table()
+        if search:
+            weights["projection"] = self.packed_output()
         return weights
+
+    def packed_output(self) -> dict:
+        """The output projection for the searches' fused kernel (translator.top_k.Projection):
+        {"packed": its weights packed by translator.native.pack_weights, "bias": float32
+        [tgt_vocab]}, or {} when the kernels are not available."""
+        dtype = self.compute_dtype
+        if self.tie_embeddings:
+            packed = native.pack_weights(ops.cast(self.tgt_embedding.embeddings, dtype),
+                                         "transposed")
+            bias = self.output_bias
+        else:
+            packed = native.pack_weights(ops.cast(self.output_proj.kernel, dtype))
+            bias = self.output_proj.bias
+        return {} if packed is None else {"packed": packed, "bias": ops.cast(bias, "float32")}
 
     # ---- search interface -----------------------------------------------------------
 
-    def encode(self, source, training=None):
+    def encode(self, source, training=None, search=False):
         """source int [batch, src_len] -> memory [batch, src_len, 2*enc], mask bool
-        [batch, src_len], and the initial decoder state (a dict; see decode_step)."""
+        [batch, src_len], and the initial decoder state (a dict; see decode_step).
+        search=True also packs the decoder's weights for the searches' kernels (see
+        step_weights and decode_step's projection)."""
         mask = ops.not_equal(source, PAD_ID)
         embedded = self.dropout(self.src_embedding(source) * self.embed_scale, training=training)
         memory, h, c = self.encoder(embedded, mask=mask, training=training)
@@ -197,14 +218,14 @@ class Seq2Seq(keras.Model):
             "memory": memory,
             "keys": self.attention.keys(memory),
             "mask": mask,
-            "weights": self.step_weights(),
+            "weights": self.step_weights(search),
         }
         if self.input_feeding:
             state["feed"] = ops.zeros((ops.shape(source)[0], self.attentional.units),
                                       self.compute_dtype)
         return memory, mask, state
 
-    def decode_step(self, tokens, state, float32_logits=True):
+    def decode_step(self, tokens, state, float32_logits=True, projection=False):
         """One decoder step. tokens int [batch]; state from `encode` or a previous step:
         lstm: list of (h, c) [batch, dec] per layer; memory [batch, src_len, 2*enc];
         keys [batch, src_len, k]; mask [batch, src_len]; feed [batch, att] with input feeding;
@@ -213,10 +234,16 @@ class Seq2Seq(keras.Model):
         Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
         The logits are float32, or with float32_logits=False in the compute dtype (the
         searches read bfloat16 logits directly: no cast of a vocabulary-wide tensor).
+        projection=True, with a state from encode(..., search=True) where the kernels are
+        available: a translator.top_k.Projection instead, the logits left for the searches'
+        top-k kernel to compute (and never write out).
         """
         table = state["weights"]["embedding"]
         embedded = ops.take(table, tokens, axis=0) * ops.cast(self.embed_scale, table.dtype)
         attentional, state, weights = self._step(embedded, state, False)
+        packed = state["weights"].get("projection") if projection else None
+        if packed:
+            return Projection(attentional, packed["packed"], packed["bias"]), state, weights
         logits = self.logits(attentional, state["weights"].get("output"), float32_logits)
         return logits, state, weights
 

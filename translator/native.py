@@ -199,6 +199,35 @@ def top_k_log_norm(logits: Any, k: int) -> tuple[Any, Any, Any] | None:
 
 
 @tf.autograph.experimental.do_not_convert
+def pack_weights(weights: Any, layout: str = "dense") -> Any | None:
+    """A weight matrix (float32 or bfloat16) packed once for project_top_k or lstm_step:
+    layout "dense" for W [depth, n], "transposed" for W^T given as [n, depth] (a tied
+    embedding table), "gates" for an LSTM's stacked kernel [in + units, 4 * units].
+    int32 words, this machine's layout; None when the kernels are not available."""
+    lib = _library_for(weights)
+    if lib is None:
+        return None
+    return lib.pack_weights(weights, layout=layout)
+
+
+@tf.autograph.experimental.do_not_convert
+def project_top_k(features: Any, packed: Any, bias: Any, k: int) -> tuple[Any, Any, Any]:
+    """top_k_log_norm of the logits features [N, depth] @ W + bias [vocab] (float32),
+    without writing them out: W as packed by pack_weights from weights of features'
+    dtype. No gradient (searches only)."""
+    return tuple(library().project_top_k(features, packed, tf.cast(bias, tf.float32), k=k))
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_step(x: Any, h: Any, c: Any, packed: Any, bias: Any) -> tuple[Any, Any]:
+    """One LSTM step, product and cell in one op: x [N, in], h [N, units] (one dtype), c
+    [N, units], the stacked kernel [in + units, 4 * units] packed by pack_weights(...,
+    "gates"), bias [4 * units] -> (h in h's dtype, c float32). No gradient (searches)."""
+    return tuple(library().lstm_step(x, h, tf.cast(c, tf.float32), packed,
+                                     tf.cast(bias, tf.float32)))
+
+
+@tf.autograph.experimental.do_not_convert
 def lstm_cell(parts: list, c: Any, save: bool = True) -> tuple[Any, Any, Any] | None:
     """One LSTM step's gates: parts, tensors [batch, 4 * units] whose sum is the
     pre-activation z (gate order i, f, g, o), c float32 [batch, units] -> h [batch, units]

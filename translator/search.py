@@ -1,9 +1,10 @@
 """Greedy and beam search over a step function; knows nothing about the model.
 
 ``step_fn(tokens [N], state) -> (logits [N, vocab], new_state)``, or with a third
-output ``attention [N, src_len]`` when ``return_attention=True``. Every state leaf
-has leading dimension N. With ``sentence_state`` (leaves [batch, ...]: what a sentence
-reads at every step and never changes, e.g. the encoder memory) the search calls
+output ``attention [N, src_len]`` when ``return_attention=True``; the logits may also
+be a ``translator.top_k.Projection`` (computed by the top-k kernel, never written out).
+Every state leaf has leading dimension N. With ``sentence_state`` (leaves [batch, ...]: what
+a sentence reads at every step and never changes, e.g. the encoder memory) the search calls
 ``step_fn(tokens, state, sentence_state)``, one sentence_state row per sentence for its
 beam_size consecutive rows of tokens and state. Both searches run the whole batch in one
 ``tf.while_loop``, eagerly or inside a ``tf.function``.
@@ -101,7 +102,8 @@ def _call_step(
     return_attention: bool,
 ) -> tuple[tf.Tensor, State, tf.Tensor | None]:
     """Returns logits [N, vocab] (as step_fn made them: float32, or bfloat16 under mixed
-    precision), the new state, attention [N, src_len] float32 or None.
+    precision, or a translator.top_k.Projection), the new state, attention [N, src_len]
+    float32 or None.
 
     The searches never write out a full log-softmax: they need the log-probs of the few
     tokens they pick (logit - log-normaliser, see translator.top_k), and the top tokens by

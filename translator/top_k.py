@@ -4,11 +4,18 @@ The searches need nothing else from the vocabulary-wide logits: a token's log-pr
 logit minus the row's log-normaliser, and the best tokens by logit are the best by
 log-prob. The compiled kernel (translator.native) does it in one pass; where it is not
 available, TensorFlow's ops below do the same in a few.
+
+A step function may also hand the search a `Projection`: the logits not yet computed
+(features and the packed output weights). Then one kernel computes them a block at a time
+and keeps only the top k and the log-normaliser: the vocabulary-wide logits are never
+written to memory.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from typing import NamedTuple
 
 from translator import native
 
@@ -16,15 +23,33 @@ _NEG_INF = float("-inf")
 _CHUNK = 32  # values per chunk in row_top_k (about: see _chunk_size)
 
 
-def top_k_log_norm(logits: tf.Tensor, k: int | tf.Tensor
+class Projection(NamedTuple):
+    """Logits features @ W + bias, not computed yet: W [depth, vocab] packed by
+    translator.native.pack_weights (once per search). Made only where the kernels are
+    available (see translator.model.Seq2Seq.decode_step)."""
+
+    features: tf.Tensor  # [N, depth], float32 or bfloat16 (W's dtype)
+    packed: tf.Tensor  # int32 words
+    bias: tf.Tensor  # float32 [vocab]
+
+    @property
+    def shape(self) -> tf.TensorShape:
+        """The logits' shape, [N, vocab]."""
+        return tf.TensorShape([self.features.shape[0], self.bias.shape[0]])
+
+
+def top_k_log_norm(logits: tf.Tensor | Projection, k: int | tf.Tensor
                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """logits [N, vocab] -> the k largest as float32 [N, k] and their token ids int32 [N, k],
     largest first, and log(sum(exp(logits))) per row, float32 [N].
 
     One pass of the compiled kernel (translator.native) when it is available, else
     TensorFlow ops: the same values and tokens, except in the order of exactly tied logits
-    (the kernel puts the lower token id first), and log-normalisers within ~1e-6.
+    (the kernel puts the lower token id first), and log-normalisers within ~1e-6. For a
+    Projection, one kernel from the features (float32 logits, the bias added in float32).
     """
+    if isinstance(logits, Projection):
+        return native.project_top_k(*logits, int(tf.get_static_value(k)))
     if logits.dtype not in (tf.float32, tf.bfloat16):
         logits = tf.cast(logits, tf.float32)
     static_k = tf.get_static_value(k)

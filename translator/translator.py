@@ -231,14 +231,14 @@ class Translator:
     def _search(self, source, max_lengths, beam: int, nbest: int, alpha: float, attention: bool):
         """Encodes once, then runs the search loop; the memory stays one row per sentence
         (the attention reads it for all of a sentence's hypotheses at once)."""
-        _, _, state = self.model.encode(source, training=False)
+        _, _, state = self.model.encode(source, training=False, search=True)
         sentences = {k: state[k] for k in STATIC_KEYS}
         dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
         shared = {k: state[k] for k in SHARED_KEYS}
 
         def step(tokens, carry, sentences):
             logits, new_state, weights = self.model.decode_step(
-                tokens, {**carry, **sentences, **shared}, float32_logits=False)
+                tokens, {**carry, **sentences, **shared}, float32_logits=False, projection=True)
             carry = {k: new_state[k] for k in dynamic}
             return (logits, carry, weights) if attention else (logits, carry)
 

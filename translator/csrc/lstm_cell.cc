@@ -146,17 +146,6 @@ class LstmCellGradOp : public OpKernel {
   }
 };
 
-// Runs fn(first, last) over the batch rows [0, rows) split into one contiguous block per
-// worker thread: a recurrence's rows are independent, so each block runs the whole
-// sequence without waiting for the others (no hand-off per step).
-template <typename Fn>
-void ForEachRowBlock(OpKernelContext* ctx, int64_t rows, Fn fn) {
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t blocks = std::min<int64_t>(workers->num_threads, rows / kRows);
-  if (blocks <= 1) return fn(0, rows);
-  workers->workers->TransformRangeConcurrently((rows + blocks - 1) / blocks, rows, fn);
-}
-
 // Where a row's step t sits in its sequence: t, or with reverse (the backward direction
 // of the encoder) the row's first `length` positions last to first, then its padding.
 inline int64_t Position(bool reverse, int32_t length, int64_t t) {
@@ -217,7 +206,7 @@ class LstmSequenceOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, kept, units}), &h_in));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows, kept, 6 * units}), &saved));
     if (time == 0 || rows == 0 || units == 0) return;
-    const PackedB<T> packed(kernel.flat<T>().data(), units, 4 * units, /*transposed=*/false);
+    const OwnedPackedB<T> packed(kernel.flat<T>().data(), units, 4 * units, false);
     const T *x = xw.flat<T>().data(), *h_first = h0.flat<T>().data();
     const float* c_first = c0.flat<float>().data();
     const int32_t* length = lengths.flat<int32_t>().data();
@@ -289,7 +278,7 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, units}), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, units}), &dc0));
     if (rows == 0 || units == 0) return;
-    const PackedB<T> packed(kernel.flat<T>().data(), 4 * units, units, /*transposed=*/true);
+    const OwnedPackedB<T> packed(kernel.flat<T>().data(), 4 * units, units, true);
     const T* dh_in = dhs.flat<T>().data();
     const float *dc_in = dcs.flat<float>().data(), *s = saved.flat<float>().data();
     const int32_t* length = lengths.flat<int32_t>().data();
@@ -427,3 +416,95 @@ REGISTER_CPU_KERNELS("LstmCell", LstmCellOp);
 REGISTER_CPU_KERNELS("LstmCellGrad", LstmCellGradOp);
 REGISTER_CPU_KERNELS("LstmSequence", LstmSequenceOp);
 REGISTER_CPU_KERNELS("LstmSequenceGrad", LstmSequenceGradOp);
+
+// ---- one decoder step, product and cell in one op: LstmStep ----------------------------
+//
+// The searches' decoder step: z = [x, h] @ W + bias, then the cell. With TensorFlow's ops
+// that is a concatenation, a matmul writing z [N, 4 * units], a bias pass and LstmCell
+// reading z back. Here W is packed once per search in GateLayout (PackWeights "gates"): a
+// panel's result holds the four gates of kLanes units, and the cell runs on it while it is
+// in registers. No gradient (searches only; training runs LstmSequence).
+//
+// x T [N, in], h T [N, units], c float [N, units], packed int32, bias float [4 * units]
+// -> h T [N, units], c float [N, units].
+
+namespace {
+
+template <typename T>
+class LstmStepOp : public OpKernel {
+ public:
+  explicit LstmStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &x = ctx->input(0), &h = ctx->input(1), &c = ctx->input(2);
+    const Tensor &packed = ctx->input(3), &bias = ctx->input(4);
+    OP_REQUIRES(ctx, x.dims() == 2 && h.dims() == 2 && h.dim_size(0) == x.dim_size(0) &&
+                         c.shape() == h.shape(),
+                tensorflow::errors::InvalidArgument(
+                    "x must be [rows, in], h and c [rows, units]; got ", x.shape().DebugString(),
+                    ", ", h.shape().DebugString(), ", ", c.shape().DebugString()));
+    const int64_t rows = x.dim_size(0), inputs = x.dim_size(1), units = h.dim_size(1);
+    const int64_t depth = inputs + units, columns = GateLayout::Columns(units);
+    OP_REQUIRES(ctx, bias.shape() == TensorShape({4 * units}),
+                tensorflow::errors::InvalidArgument("bias must be [", 4 * units, "], got ",
+                                                    bias.shape().DebugString()));
+    OP_REQUIRES(ctx, packed.dims() == 1 && packed.NumElements() == PackedB<T>::Words(depth, columns),
+                tensorflow::errors::InvalidArgument(
+                    "packed weights hold ", packed.NumElements(), " words; [", depth, ", ",
+                    4 * units, "] packs into ", PackedB<T>::Words(depth, columns),
+                    " (packed by PackWeights for other sizes, dtype or layout?)"));
+    Tensor *h_new = nullptr, *c_new = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, h.shape(), &h_new));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, c.shape(), &c_new));
+    if (rows == 0 || units == 0) return;
+    const PackedB<T> w(depth, columns,
+                       reinterpret_cast<const uint32_t*>(packed.flat<int32_t>().data()));
+    // the bias in the same column order as the packed gates
+    const GateLayout gate{units};
+    std::vector<float> gate_bias(columns, 0.0f);
+    for (int64_t nn = 0; nn < columns; ++nn)
+      if (gate(nn) >= 0) gate_bias[nn] = bias.flat<float>()(gate(nn));
+    const T *x_in = x.flat<T>().data(), *h_in = h.flat<T>().data();
+    const float* c_in = c.flat<float>().data();
+    T* h_out = h_new->flat<T>().data();
+    float* c_out = c_new->flat<float>().data();
+    ForEachRowBlock(ctx, rows, [&](int64_t first, int64_t last) {
+      // the block's rows of [x, h], contiguous: the product's A
+      std::vector<T> a((last - first) * depth);
+      for (int64_t r = first; r < last; ++r) {
+        std::copy_n(x_in + r * inputs, inputs, a.data() + (r - first) * depth);
+        std::copy_n(h_in + r * units, units, a.data() + (r - first) * depth + inputs);
+      }
+      for (int64_t p = 0; p < columns / kPanel; ++p) {
+        const float* panel_bias = gate_bias.data() + p * kPanel;
+        const int64_t j = p * kLanes;  // the panel's first unit
+        PanelRows(a.data(), depth, last - first, w, p, [&](int64_t r0, int r, Quad q) {
+          const int64_t row = first + r0 + r;
+          fvec pre[4];
+          for (int g = 0; g < 4; ++g) pre[g] = q.v[g] + Load(panel_bias + g * kLanes);
+          CellBlock(pre, LoadPart(c_in + row * units, j, units), j, units, h_out + row * units,
+                    c_out + row * units, nullptr);
+        });
+      }
+    });
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("LstmStep")
+    .Input("x: T")
+    .Input("h: T")
+    .Input("c: float")
+    .Input("packed: int32")
+    .Input("bias: float")
+    .Output("h_new: T")
+    .Output("c_new: float")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      return absl::OkStatus();
+    });
+
+REGISTER_CPU_KERNELS("LstmStep", LstmStepOp);

@@ -63,18 +63,21 @@ inline float Scalar(tensorflow::bfloat16 x) { return static_cast<float>(x); }
 
 inline fvec Max(fvec a, fvec b) { return a > b ? a : b; }  // ignores a NaN in a
 
-// Whether any lane of v is >= t: one mask instruction where the machine has one.
-inline bool AnyAtLeast(fvec v, fvec t) {
+// Bit l set where lane l of v is >= t (false for NaN): one mask instruction where the
+// machine has one.
+inline uint32_t AtLeastMask(fvec v, fvec t) {
 #if defined(__AVX512F__)
   return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(v), reinterpret_cast<__m512>(t),
-                            _CMP_GE_OQ) != 0;
+                            _CMP_GE_OQ);
 #else
   const ivec hit = v >= t;
-  int any = 0;
-  for (int l = 0; l < kLanes; ++l) any |= hit[l];
-  return any != 0;
+  uint32_t mask = 0;
+  for (int l = 0; l < kLanes; ++l) mask |= static_cast<uint32_t>(hit[l] & 1) << l;
+  return mask;
 #endif
 }
+
+inline bool AnyAtLeast(fvec v, fvec t) { return AtLeastMask(v, t) != 0; }
 
 // exp(x) for x <= 0, relative error below 2e-7: x = m ln2 + r, |r| <= ln2 / 2, e^r by its
 // Taylor polynomial of degree 7, 2^m written straight into the float's exponent bits. m is
