@@ -1,14 +1,21 @@
 """The project's compiled kernels (translator/csrc/*.cc), and the switch to TensorFlow's
 own ops where they cannot be built.
 
-* TopKLogNorm (top_k.cc), for the searches: each step needs, from the vocabulary-wide
-  logits of every hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU
+* TopKLogNorm (top_k.cc), for the searches where a step's logits are written out (nothing
+  packed: see ProjectTopK): each step needs, from the vocabulary-wide logits of every
+  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU
   ops take five passes over the logits for that (cast, chunk maxima, two top-k, softmax),
   as long as the output matmul itself; the kernel reads each row once (beam 5 at 1,280
   rows: 5 ms against 14 ms).
-* LstmCell and LstmCellGrad (lstm_cell.cc), for single LSTM steps (the searches' decoder,
-  input feeding): the gate arithmetic of a step, forward and backward, in one op each
-  instead of a dozen and two dozen element-wise TensorFlow ops.
+* ProjectTopK (top_k.cc) and LstmStep (lstm_cell.cc), the searches' decoder step on
+  weights packed once per search (PackWeights, pack.cc): the output projection computed a
+  block at a time and folded into each row's top k and log-normaliser while in cache (the
+  vocabulary-wide logits are never written out), and an LSTM step's product with the cell
+  run on each panel of gates while it is in registers (no concatenation, no gates written
+  out). Both on csrc/gemm.h's register-tiled product.
+* LstmCell and LstmCellGrad (lstm_cell.cc), for single LSTM steps (input feeding, and the
+  searches' decoder where nothing is packed): the gate arithmetic of a step, forward and
+  backward, in one op each instead of a dozen and two dozen element-wise TensorFlow ops.
 * LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h), for whole sequences
   (training, and the encoder everywhere): the recurrence over all time steps in one op
   each way, the recurrent product inside it, each worker thread running its own rows of
@@ -20,6 +27,10 @@ own ops where they cannot be built.
   label-smoothed loss over the bfloat16 logits, one read of them each way.
 * GroupedAttention (attention.cc), outside training: a sentence's keys and memory read
   once for all its queries (a beam's hypotheses), instead of two tiny batched matmuls.
+
+The ops that split work between threads (LstmSequence, ProjectTopK, LstmStep) give each of
+the op's pool threads one task and wait: a part run on the calling thread (TensorFlow's
+TransformRangeConcurrently) often shared a core with a pool thread and took twice as long.
 
 The files are compiled on first use with the machine's C++ compiler against the installed
 TensorFlow (about 25 s, once per machine and TensorFlow version) into one library, cached

@@ -1,10 +1,13 @@
-// A small dense product for the recurrences: C [rows, n] (float32) = A [rows, k] @ B [k, n],
-// with B packed once (PackedB) and read many times (once per time step of a sequence).
+// A small dense product for the kernels that read the same weights many times: C [rows,
+// n] (float32) = A [rows, k] @ B [k, n], with B packed once (PackedB) and read at every
+// time step of a sequence (LstmSequence) or every step of a search (LstmStep, ProjectTopK:
+// packed by PackWeights once per search).
 //
 // Why not TensorFlow's MatMul: an LSTM step's recurrent product is small (64 x 256 x 1024
 // in training) and there is one per step; calling it from a TensorFlow loop costs as much
-// again in op dispatch and loop bookkeeping as the product itself. A kernel that runs the
-// whole sequence (lstm_cell.cc, LstmSequence) needs the product inside it.
+// again in op dispatch and loop bookkeeping as the product itself. And a product whose
+// result goes straight into more arithmetic (an LSTM cell, a top k) can hand each block
+// of it over while it is in registers (Panel's finish) instead of writing it out.
 //
 // The micro-kernel holds a block of 6 rows x 64 columns of C in 24 vector registers (2 x 32
 // in 8 on a machine without AVX-512) and walks k; B is packed in panels as wide, so that

@@ -148,6 +148,19 @@ class TopKLogNormOp : public OpKernel {
   int k_;
 };
 
+// Both ops' outputs: values and indices [rows, k], log_norm [rows], rows those of input 0.
+absl::Status TopKShape(tensorflow::shape_inference::InferenceContext* c) {
+  tensorflow::shape_inference::ShapeHandle input;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &input));
+  int k;
+  TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
+  auto rows = c->Dim(input, 0);
+  c->set_output(0, c->Matrix(rows, k));
+  c->set_output(1, c->Matrix(rows, k));
+  c->set_output(2, c->Vector(rows));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("TopKLogNorm")
@@ -157,17 +170,7 @@ REGISTER_OP("TopKLogNorm")
     .Output("log_norm: float")
     .Attr("T: {float, bfloat16}")
     .Attr("k: int >= 1")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      tensorflow::shape_inference::ShapeHandle logits;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &logits));
-      int k;
-      TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
-      auto rows = c->Dim(logits, 0);
-      c->set_output(0, c->Matrix(rows, k));
-      c->set_output(1, c->Matrix(rows, k));
-      c->set_output(2, c->Vector(rows));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(TopKShape);
 
 REGISTER_CPU_KERNELS("TopKLogNorm", TopKLogNormOp);
 
@@ -414,16 +417,6 @@ REGISTER_OP("ProjectTopK")
     .Output("log_norm: float")
     .Attr("T: {float, bfloat16}")
     .Attr("k: int >= 1")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      tensorflow::shape_inference::ShapeHandle features;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
-      int k;
-      TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
-      auto rows = c->Dim(features, 0);
-      c->set_output(0, c->Matrix(rows, k));
-      c->set_output(1, c->Matrix(rows, k));
-      c->set_output(2, c->Vector(rows));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(TopKShape);
 
 REGISTER_CPU_KERNELS("ProjectTopK", ProjectTopKOp);
