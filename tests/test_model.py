@@ -258,7 +258,8 @@ def test_kernel_and_tf_ops_give_the_same_gradients(input_feeding, monkeypatch):
 def test_attention_outside_training_kernel_equals_tf_ops(kind, monkeypatch):
     """Outside training the attention runs on the compiled kernel where it is available
     (translator.native.grouped_attention); in float32 it agrees with TensorFlow's ops, for
-    whole target sequences and for a beam's grouped queries, padding masked."""
+    whole target sequences and for a beam's grouped queries, padding masked, and with
+    rows naming the stored sentences each group reads."""
     from translator.layers import Attention
 
     rng = np.random.default_rng(3)
@@ -266,16 +267,19 @@ def test_attention_outside_training_kernel_equals_tf_ops(kind, monkeypatch):
     memory = tf.constant(rng.normal(size=(3, 6, 16)).astype("float32"))
     mask = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])
     keys = layer.keys(memory)
-    for query_shape in [(3, 5, 16), (3 * 4, 1, 16)]:  # 5 target positions; a beam of 4
+    cases = [((3, 5, 16), None), ((3 * 4, 1, 16), None),  # 5 target positions; a beam of 4
+             ((2 * 4, 1, 16), tf.constant([2, 0]))]  # a beam of 4 over stored rows 2 and 0
+    for query_shape, rows in cases:
         query = tf.constant(rng.normal(size=query_shape).astype("float32"))
         results = {}
         for flag in ("1", "0"):
             monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
-            results[flag] = layer(query, keys, memory, mask, training=False)
+            results[flag] = layer(query, keys, memory, mask, training=False, rows=rows)
         for kernel_out, ops_out in zip(results["1"], results["0"]):
             np.testing.assert_allclose(kernel_out.numpy(), ops_out.numpy(), atol=1e-6)
-        weights = results["1"][1].numpy().reshape(3, -1, 6)  # per sentence
-        assert np.all(weights[2, :, 2:] == 0) and np.all(weights[1, :, 4:] == 0)  # padding
+        if rows is None:
+            weights = results["1"][1].numpy().reshape(3, -1, 6)  # per sentence
+            assert np.all(weights[2, :, 2:] == 0) and np.all(weights[1, :, 4:] == 0)
 
 
 @pytest.mark.parametrize("tie_embeddings", [True, False])
@@ -324,3 +328,19 @@ def test_search_packing_falls_back_to_logits_without_the_kernels(monkeypatch):
     assert all(len(w) == 2 for w in state["weights"]["lstm"])
     logits, _, _ = model.decode_step(np.array([2, 2], "int32"), state, projection=True)
     assert tuple(logits.shape) == (2, VOCAB)
+
+
+def test_additive_attention_with_rows_equals_the_gathered_memory():
+    """Additive attention has no kernel: with rows it gathers the stored sentences first."""
+    from translator.layers import Attention
+
+    rng = np.random.default_rng(4)
+    layer = Attention("additive", 16, 16)
+    memory = tf.constant(rng.normal(size=(3, 6, 16)).astype("float32"))
+    mask = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])
+    keys, rows = layer.keys(memory), tf.constant([2, 1])
+    query = tf.constant(rng.normal(size=(2 * 3, 1, 16)).astype("float32"))
+    got = layer(query, keys, memory, mask, training=False, rows=rows)
+    want = layer(query, *(tf.gather(x, rows) for x in (keys, memory, mask)), training=False)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)

@@ -304,6 +304,23 @@ def test_grouped_attention_against_float64(kernel, dtype, sentences, group, leng
                                atol=tolerance * 4)
 
 
+def test_grouped_attention_reads_the_named_rows(kernel):
+    """With rows, group a reads stored sentence rows[a]: the same as the stored sentences
+    gathered first (a search's memory is not cut when a sentence ends)."""
+    rng = np.random.default_rng(11)
+    query = tf.constant(rng.normal(size=(3 * 5, 8)).astype("float32"))
+    keys = tf.constant(rng.normal(size=(6, 7, 8)).astype("float32"))
+    memory = tf.constant(rng.normal(size=(6, 7, 4)).astype("float32"))
+    mask = tf.constant(rng.random((6, 7)) < 0.8)
+    rows = tf.constant([4, 0, 5])
+    got = native.grouped_attention(query, keys, memory, mask, rows)
+    want = native.grouped_attention(query, *(tf.gather(x, rows) for x in (keys, memory, mask)))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside"):
+        native.grouped_attention(query, keys, memory, mask, tf.constant([4, 6, 0]))
+
+
 def test_grouped_attention_refuses_mismatched_shapes(kernel):
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be a multiple"):
         native.grouped_attention(tf.zeros([7, 4]), tf.zeros([2, 3, 4]), tf.zeros([2, 3, 5]),

@@ -315,6 +315,32 @@ def test_sentence_state_is_one_row_per_sentence_and_gives_the_same_results():
             _assert_same_sentence(plain, s, split, s)
 
 
+def test_sentence_rows_index_the_uncut_sentence_state():
+    """With sentence_rows the search never cuts sentence_state: step_fn gets it whole and
+    the row of each sentence still searched (sentence 1 ends first here, so the rows skip
+    it), and the results are those of the cutting search."""
+    table, max_lengths = _random_table(3, seed=6), tf.constant([3, 1, 5])
+    state = {k: v for k, v in _state([2, 0, 1]).items() if k != "sentence"}
+    sentences = {"sentence": tf.constant([0, 1, 2])}
+    searches = (greedy_search, functools.partial(beam_search, beam_size=3, nbest=2))
+    for search in searches:
+        seen: list[list[int]] = []
+        cut_step = _sentence_table_step(table)
+
+        def indexed_step(tokens, state, whole, rows):
+            assert int(tf.shape(whole["sentence"])[0]) == 3  # never cut
+            seen.append(rows.numpy().tolist())
+            return cut_step(tokens, state, {"sentence": tf.gather(whole["sentence"], rows)})
+
+        cut = search(cut_step, state, max_lengths, return_attention=True,
+                     sentence_state=sentences)
+        indexed = search(indexed_step, state, max_lengths, return_attention=True,
+                         sentence_state=sentences, sentence_rows=True)
+        assert seen[0] == [0, 1, 2] and seen[-1] == [2] and [0, 2] in seen
+        for s in range(3):
+            _assert_same_sentence(cut, s, indexed, s)
+
+
 def test_finished_sentences_leave_the_loop():
     table = np.tile(_logits({A: 0.6, B: 0.4, EOS_ID: 1e-9}), (2, STEPS, VOCAB, 1))
     state = {k: v for k, v in _state([0, 0]).items() if k != "sentence"}

@@ -200,7 +200,8 @@ class Attention(layers.Layer):
     query [batch, tgt_len, dec], keys [batch, src_len, k], memory [batch, src_len, mem],
     mask [batch, src_len] -> context [batch, tgt_len, mem], weights [batch, tgt_len, src_len].
     keys, memory and mask may instead have batch / g rows, each read by g consecutive
-    query rows (see call).
+    query rows (see call), or hold more sentences than that, with `rows` [batch / g]
+    naming the one each group reads (a search's sentences still being searched).
     """
 
     KINDS = ("dot", "general", "additive")
@@ -224,20 +225,24 @@ class Attention(layers.Layer):
         """memory [batch, src_len, mem] -> keys [batch, src_len, k]; computed once per sentence."""
         return memory if self.kind == "dot" else self.key_proj(memory)
 
-    def call(self, query, keys, memory, mask=None, training=None):
+    def call(self, query, keys, memory, mask=None, training=None, rows=None):
         # The memory may hold one row per group of query rows (a beam search's hypotheses
         # of one sentence: query rows b * k .. b * k + k - 1 read memory row b); the
         # group's queries are then scored together, one matmul per sentence, and the
-        # memory is never copied per hypothesis.
-        rows, length = ops.shape(query)[0], ops.shape(query)[1]
+        # memory is never copied per hypothesis. With rows, group b reads memory row
+        # rows[b] (a search's memory keeps the sentences that are done: no copy per step).
+        queries, length = ops.shape(query)[0], ops.shape(query)[1]
         if not training and self.kind != "additive" and mask is not None:
             # outside training (no gradient needed): the compiled kernel, every sentence's
             # keys and memory read once for all its queries (translator.native)
             fast = native.grouped_attention(
-                ops.reshape(query, (-1, query.shape[-1])), keys, memory, mask)
+                ops.reshape(query, (-1, query.shape[-1])), keys, memory, mask, rows)
             if fast is not None:
-                return (ops.reshape(fast[0], (rows, length, memory.shape[-1])),
-                        ops.reshape(fast[1], (rows, length, ops.shape(keys)[1])))
+                return (ops.reshape(fast[0], (queries, length, memory.shape[-1])),
+                        ops.reshape(fast[1], (queries, length, ops.shape(keys)[1])))
+        if rows is not None:
+            keys, memory = tf.gather(keys, rows), tf.gather(memory, rows)
+            mask = None if mask is None else tf.gather(mask, rows)
         query = ops.reshape(query, (ops.shape(keys)[0], -1, query.shape[-1]))
         if self.kind == "additive":
             hidden = ops.tanh(ops.expand_dims(keys, 1) + ops.expand_dims(self.query_proj(query), 2))
@@ -248,8 +253,8 @@ class Attention(layers.Layer):
             scores = ops.where(ops.expand_dims(mask, 1), scores, ops.cast(NEG_INF, scores.dtype))
         weights = ops.softmax(scores, axis=-1)
         context = ops.matmul(weights, memory)
-        return (ops.reshape(context, (rows, length, memory.shape[-1])),
-                ops.reshape(weights, (rows, length, ops.shape(keys)[1])))
+        return (ops.reshape(context, (queries, length, memory.shape[-1])),
+                ops.reshape(weights, (queries, length, ops.shape(keys)[1])))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "kind": self.kind, "query_dim": self.query_dim,

@@ -166,7 +166,7 @@ class Seq2Seq(keras.Model):
     def _attend(self, hidden, state, training=None):
         """hidden [batch, T, dec] -> attentional [batch, T, att], weights [batch, T, src_len]."""
         context, weights = self.attention(hidden, state["keys"], state["memory"], state["mask"],
-                                          training=training)
+                                          training=training, rows=state.get("sentence_rows"))
         kernel, bias = state["weights"]["attentional"]
         return ops.tanh(ops.matmul(ops.concatenate([context, hidden], -1), kernel) + bias), weights
 
@@ -229,7 +229,9 @@ class Seq2Seq(keras.Model):
         """One decoder step. tokens int [batch]; state from `encode` or a previous step:
         lstm: list of (h, c) [batch, dec] per layer; memory [batch, src_len, 2*enc];
         keys [batch, src_len, k]; mask [batch, src_len]; feed [batch, att] with input feeding;
-        weights: step_weights(), the same for every sentence.
+        weights: step_weights(), the same for every sentence. Optionally sentence_rows int32
+        [A]: memory, keys and mask then hold other sentences too, and the batch's rows in A
+        equal groups read rows sentence_rows[a] (a search's sentences still searched).
 
         Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
         The logits are float32, or with float32_logits=False in the compute dtype (the

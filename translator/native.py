@@ -345,12 +345,16 @@ def _smoothed_cross_entropy_gradient(op: Any, dloss: Any, _dlog_norm: Any) -> li
 
 
 @tf.autograph.experimental.do_not_convert
-def grouped_attention(query: Any, keys: Any, memory: Any, mask: Any) -> tuple[Any, Any] | None:
+def grouped_attention(query: Any, keys: Any, memory: Any, mask: Any, rows: Any = None
+                      ) -> tuple[Any, Any] | None:
     """Dot-product attention, no gradient (searches and evaluation): query [A * g, D],
-    keys [A, S, D], memory [A, S, M] (one dtype, float32 or bfloat16), mask bool [A, S]
-    -> context [A * g, M], weights [A * g, S]; query rows a * g .. a * g + g - 1 read
-    sentence a. None when the kernels are not available."""
+    keys [B, S, D], memory [B, S, M] (one dtype, float32 or bfloat16), mask bool [B, S],
+    rows int32 [A] (default: all B, A = B) -> context [A * g, M], weights [A * g, S]; query
+    rows a * g .. a * g + g - 1 read stored sentence rows[a]. None when the kernels are not
+    available."""
     lib = _library_for(query)
     if lib is None:
         return None
-    return tuple(lib.grouped_attention(query, keys, memory, mask))
+    if rows is None:
+        rows = tf.range(tf.shape(keys)[0])
+    return tuple(lib.grouped_attention(query, keys, memory, mask, tf.cast(rows, tf.int32)))

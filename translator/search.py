@@ -6,14 +6,17 @@ be a ``translator.top_k.Projection`` (computed by the top-k kernel, never writte
 Every state leaf has leading dimension N. With ``sentence_state`` (leaves [batch, ...]: what
 a sentence reads at every step and never changes, e.g. the encoder memory) the search calls
 ``step_fn(tokens, state, sentence_state)``, one sentence_state row per sentence for its
-beam_size consecutive rows of tokens and state. Both searches run the whole batch in one
-``tf.while_loop``, eagerly or inside a ``tf.function``.
+beam_size consecutive rows of tokens and state; with ``sentence_rows=True`` as
+``step_fn(tokens, state, sentence_state, rows)``, sentence_state never cut and rows int32
+[A] naming each searched sentence's row in it (no copy of the memory when one ends).
+Both searches run the whole batch in one ``tf.while_loop``, eagerly or inside a
+``tf.function``.
 
 A sentence leaves the loop as soon as it is done: the next step runs only the rows of
 the sentences still being searched (N shrinks), so a batch costs the sum of its
 sentences' steps rather than its longest sentence's steps times the batch. So a
 step_fn must not capture per-row tensors from outside: pass them as state or
-sentence_state, which the search cuts with the rows.
+sentence_state, which the search cuts with the rows (or indexes, with sentence_rows).
 
 * ``max_lengths`` int32 [batch] (each >= 1) bounds the tokens a sentence may produce,
   EOS not counted. A hypothesis that has produced that many tokens is finished
@@ -27,7 +30,8 @@ sentence_state, which the search cuts with the rows.
 Beam search stores back-pointers (parent row and token per step) rather than copying
 each hypothesis every step, and rebuilds the n-best once at the end. Only the state
 leaves are reordered with ``tf.gather`` each step; sentence_state is neither tiled nor
-reordered, only cut to the sentences left when one is done.
+reordered, only cut to the sentences left when one is done (or, with sentence_rows, not
+even that).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ def _call_step(
     state: State,
     sentence_state: State | None,
     return_attention: bool,
+    rows: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, State, tf.Tensor | None]:
     """Returns logits [N, vocab] (as step_fn made them: float32, or bfloat16 under mixed
     precision, or a translator.top_k.Projection), the new state, attention [N, src_len]
@@ -111,8 +116,10 @@ def _call_step(
     """
     if sentence_state is None:
         outputs = step_fn(tokens, state)
-    else:
+    elif rows is None:
         outputs = step_fn(tokens, state, sentence_state)
+    else:
+        outputs = step_fn(tokens, state, sentence_state, rows)
     expected = 3 if return_attention else 2
     if not isinstance(outputs, (tuple, list)) or len(outputs) != expected:
         got = len(outputs) if isinstance(outputs, (tuple, list)) else type(outputs).__name__
@@ -187,11 +194,13 @@ def greedy_search(
     eos_id: int = EOS_ID,
     return_attention: bool = False,
     sentence_state: State | None = None,
+    sentence_rows: bool = False,
 ) -> SearchResult:
     """Takes the most likely token each step; returns a SearchResult with nbest = 1.
 
     initial_state and sentence_state leaves are [batch, ...]; max_lengths int32 [batch].
-    Scores are sums of log-probs (EOS included when produced).
+    Scores are sums of log-probs (EOS included when produced). sentence_rows: see the
+    module's docstring.
     """
     max_lengths = _as_max_lengths(max_lengths)
     batch = tf.shape(max_lengths)[0]
@@ -202,7 +211,8 @@ def greedy_search(
     def body(t, active, prev, state, sentences, lengths, scores, out, att) -> tuple:
         # active [A]: the sentences still searched, one row each in prev, state, sentences
         logits, state, attention = _call_step(
-            step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
+            step_fn, prev, state, None if sentence_state is None else sentences, return_attention,
+            active if sentence_rows else None)
         best_logit, best, log_norm = top_k_log_norm(logits, 1)
         best_logit, best = best_logit[:, 0], best[:, 0]
         emit = best != eos_id
@@ -217,7 +227,8 @@ def greedy_search(
             rows = tf.where(emit[:, None], attention, 0.0)
             att = att.write(t, tf.scatter_nd(at, rows, [batch, tf.shape(rows)[1]]))
         going = tf.reshape(tf.where(emit & (length < tf.gather(max_lengths, active))), [-1])
-        state, sentences = _take_rows((state, sentences), going)
+        state = _take_rows(state, going)
+        sentences = sentences if sentence_rows else _take_rows(sentences, going)
         return (t + 1, tf.gather(active, going), tf.gather(token, going), state, sentences,
                 lengths, scores, out, att)
 
@@ -373,12 +384,14 @@ def beam_search(
     eos_id: int = EOS_ID,
     return_attention: bool = False,
     sentence_state: State | None = None,
+    sentence_rows: bool = False,
 ) -> SearchResult:
     """Beam search with GNMT length penalty; returns the nbest best per sentence, best first.
 
     initial_state leaves are [batch, ...] (tiled here to [batch * beam, ...]),
     sentence_state leaves [batch, ...] (not tiled); max_lengths int32 [batch].
-    step_fn sees N = sentences left * beam_size rows.
+    step_fn sees N = sentences left * beam_size rows. sentence_rows: see the module's
+    docstring.
     """
     _check_beam_arguments(beam_size, nbest)
     max_lengths = _as_max_lengths(max_lengths)
@@ -393,7 +406,8 @@ def beam_search(
         # active [A]: the sentences still searched; alive [A, beam]; prev and state have
         # the A * beam rows b * beam + j (sentence b, hypothesis j), sentences A rows
         logits, state, attention = _call_step(
-            step_fn, prev, state, None if sentence_state is None else sentences, return_attention)
+            step_fn, prev, state, None if sentence_state is None else sentences, return_attention,
+            active if sentence_rows else None)
         limit = tf.gather(max_lengths, active)
         cand = _top_candidates(alive, logits, beam_size)
         ends = (cand[2] == eos_id) | (t + 1 >= limit)[:, None]
@@ -415,7 +429,8 @@ def beam_search(
         state = tf.nest.map_structure(lambda x: tf.gather(x, rows), state)
         out = out.write(t, _widen(tokens, width, PAD_ID))
         parents = parents.write(t, _widen(rows, width))
-        return (t + 1, tf.gather(active, going), tokens, state, _take_rows(sentences, going),
+        sentences = sentences if sentence_rows else _take_rows(sentences, going)
+        return (t + 1, tf.gather(active, going), tokens, state, sentences,
                 tf.gather(alive, going), finished, out, parents, att)
 
     first_alive = tf.concat(

@@ -230,19 +230,23 @@ class Translator:
 
     def _search(self, source, max_lengths, beam: int, nbest: int, alpha: float, attention: bool):
         """Encodes once, then runs the search loop; the memory stays one row per sentence
-        (the attention reads it for all of a sentence's hypotheses at once)."""
+        (the attention reads it for all of a sentence's hypotheses at once) and is never
+        cut: the attention reads the rows of the sentences still searched."""
         _, _, state = self.model.encode(source, training=False, search=True)
         sentences = {k: state[k] for k in STATIC_KEYS}
         dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
         shared = {k: state[k] for k in SHARED_KEYS}
 
-        def step(tokens, carry, sentences):
+        def step(tokens, carry, sentences, rows=None):
+            state = {**carry, **sentences, **shared}
+            if rows is not None:
+                state["sentence_rows"] = rows
             logits, new_state, weights = self.model.decode_step(
-                tokens, {**carry, **sentences, **shared}, float32_logits=False, projection=True)
+                tokens, state, float32_logits=False, projection=True)
             carry = {k: new_state[k] for k in dynamic}
             return (logits, carry, weights) if attention else (logits, carry)
 
-        options = dict(return_attention=attention, sentence_state=sentences)
+        options = dict(return_attention=attention, sentence_state=sentences, sentence_rows=True)
         if beam == 1:
             return search.greedy_search(step, dynamic, max_lengths, **options)
         return search.beam_search(step, dynamic, max_lengths, beam_size=beam, nbest=nbest,

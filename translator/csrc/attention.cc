@@ -1,9 +1,10 @@
 // GroupedAttention: dot-product attention of groups of queries over their sentence's memory,
 // for the decoder's steps outside training (translator/layers.py, Attention).
 //
-// query [R, D], keys [A, S, D], memory [A, S, M] (float32 or bfloat16), mask bool [A, S],
-// with R = A * g: query rows a * g .. a * g + g - 1 (a sentence's beam hypotheses, or its
-// target positions) read sentence a ->
+// query [R, D], keys [B, S, D], memory [B, S, M] (float32 or bfloat16), mask bool [B, S],
+// rows int32 [A], with R = A * g: query rows a * g .. a * g + g - 1 (a sentence's beam
+// hypotheses, or its target positions) read stored sentence rows[a] (a search keeps every
+// sentence's memory and passes the rows of those still searched: no copy when one ends) ->
 //   weights [R, S] = softmax over s of (query . keys[s], or -1e9 where mask is false),
 //   context [R, M] = sum over s of weights[s] * memory[s].
 //
@@ -82,15 +83,17 @@ class GroupedAttentionOp : public OpKernel {
     const Tensor& keys = ctx->input(1);
     const Tensor& memory = ctx->input(2);
     const Tensor& mask = ctx->input(3);
+    const Tensor& sentence_rows = ctx->input(4);
     OP_REQUIRES(ctx, query.dims() == 2 && keys.dims() == 3 && memory.dims() == 3 &&
-                         mask.dims() == 2,
-                tensorflow::errors::InvalidArgument("query [R, D], keys [A, S, D], memory "
-                                                    "[A, S, M] and mask [A, S] expected"));
+                         mask.dims() == 2 && sentence_rows.dims() == 1,
+                tensorflow::errors::InvalidArgument("query [R, D], keys [B, S, D], memory "
+                                                    "[B, S, M], mask [B, S] and rows [A] "
+                                                    "expected"));
     const int64_t rows = query.dim_size(0), depth = query.dim_size(1);
-    const int64_t sentences = keys.dim_size(0), length = keys.dim_size(1);
-    const int64_t width = memory.dim_size(2);
-    OP_REQUIRES(ctx, keys.dim_size(2) == depth && memory.dim_size(0) == sentences &&
-                         memory.dim_size(1) == length && mask.dim_size(0) == sentences &&
+    const int64_t stored = keys.dim_size(0), length = keys.dim_size(1);
+    const int64_t sentences = sentence_rows.dim_size(0), width = memory.dim_size(2);
+    OP_REQUIRES(ctx, keys.dim_size(2) == depth && memory.dim_size(0) == stored &&
+                         memory.dim_size(1) == length && mask.dim_size(0) == stored &&
                          mask.dim_size(1) == length,
                 tensorflow::errors::InvalidArgument(
                     "shapes do not match: query ", query.shape().DebugString(), ", keys ",
@@ -100,6 +103,11 @@ class GroupedAttentionOp : public OpKernel {
                 tensorflow::errors::InvalidArgument("query rows (", rows,
                                                     ") must be a multiple of the sentences (",
                                                     sentences, ")"));
+    const int32_t* row_of = sentence_rows.flat<int32_t>().data();
+    for (int64_t a = 0; a < sentences; ++a)
+      OP_REQUIRES(ctx, row_of[a] >= 0 && row_of[a] < stored,
+                  tensorflow::errors::InvalidArgument("rows[", a, "] = ", row_of[a],
+                                                      " is outside [0, ", stored, ")"));
     Tensor *context = nullptr, *weights = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, width}), &context));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, length}), &weights));
@@ -114,12 +122,14 @@ class GroupedAttentionOp : public OpKernel {
     auto work = [&](int64_t first, int64_t last) {
       std::vector<float> scratch(length * kChunk);
       auto* w = reinterpret_cast<float(*)[kChunk]>(scratch.data());  // [length][kChunk]
-      for (int64_t a = first; a < last; ++a)
+      for (int64_t a = first; a < last; ++a) {
+        const int64_t b = row_of[a];  // the stored row sentence a reads
         for (int64_t r = a * group; r < (a + 1) * group; r += kChunk)
           AttendSome(std::min(kChunk, (a + 1) * group - r), q + r * depth,
-                     k + a * length * depth, m + a * length * width, valid + a * length,
+                     k + b * length * depth, m + b * length * width, valid + b * length,
                      length, depth, width, w, out_weights + r * length,
                      out_context + r * width);
+      }
     };
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     tensorflow::Shard(workers->num_threads, workers->workers, sentences,
@@ -134,6 +144,7 @@ REGISTER_OP("GroupedAttention")
     .Input("keys: T")
     .Input("memory: T")
     .Input("mask: bool")
+    .Input("rows: int32")
     .Output("context: T")
     .Output("weights: T")
     .Attr("T: {float, bfloat16}")
