@@ -10,7 +10,10 @@ sentence to the maximum length, so its figures differ from a trained model's).
 Also reported: (a) useful decoding FLOPs (encoder once per sentence; per step and
 hypothesis: decoder LSTM, attention over the source, attentional layer, output
 projection) over the time taken, as a share of the machine's measured matmul FLOP/s
-in the model's compute dtype; (b) the speed of a plain eager per-token loop written
+in the model's compute dtype, measured around every round of repeats (this machine's
+speed drifts by 20-50% within minutes: each repeat is set against the matmul rate of its
+own minute, the mean of the measurements before and after its round, and the median of
+those shares is reported); (b) the speed of a plain eager per-token loop written
 here (model.encode once, model.decode_step per token, no tf.function) on a subset,
 with the compiled/eager ratio measured in the same run.
 
@@ -53,7 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train the random model's tokenizer on the first N pairs")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--name", default="decode_speed", help="results file name")
     return parser.parse_args(argv)
 
@@ -279,19 +281,26 @@ def decode_work(translator, texts: list[str], pieces: list[list[str]], beam: int
     }
 
 
-def measure(translator, texts: list[str], args: argparse.Namespace) -> dict[int, dict]:
-    """Median speed of each search over texts; one warm-up call each, repeats interleaved."""
+def measure(translator, texts: list[str], args: argparse.Namespace
+            ) -> tuple[dict[int, dict], list[float]]:
+    """Median speed of each search over texts; one warm-up call each, repeats interleaved.
+    Also the matmul FLOP/s measured before the first round and after every round."""
     runs: dict[int, dict[str, Any]] = {b: {"seconds": []} for b in args.beams}
     for beam in args.beams:
         print(f"warming up {search_name(beam)} (tracing) ...", flush=True)
         runs[beam]["warmup_seconds"] = compiled_run(translator, texts[:args.batch_size], beam,
                                                     args.batch_size)[0]
+    dtype = translator.model.compute_dtype
+    matmul = [flops.matmul_flops(dtype, args.matmul_size, 1)[0]]
     for repeat in range(args.repeats):
         for beam, run in runs.items():
             seconds, run["pieces"] = compiled_run(translator, texts, beam, args.batch_size)
             run["seconds"].append(seconds)
             print(f"  repeat {repeat + 1}: {search_name(beam)}: "
                   f"{len(texts) / seconds:,.1f} sentences/s", flush=True)
+        matmul.append(flops.matmul_flops(dtype, args.matmul_size, 1)[0])
+        print(f"  matmul {flops.format_si(matmul[-1], 'FLOP/s')}", flush=True)
+    around = [(a + b) / 2 for a, b in zip(matmul, matmul[1:])]  # each round's own minute
     for beam, run in runs.items():
         run["work"] = decode_work(translator, texts, run.pop("pieces"), beam)
         run["sentences_per_s"] = [len(texts) / s for s in run["seconds"]]
@@ -300,7 +309,10 @@ def measure(translator, texts: list[str], args: argparse.Namespace) -> dict[int,
         run["median_sentences_per_s"] = flops.median(run["sentences_per_s"])
         run["median_tokens_per_s"] = flops.median(run["tokens_per_s"])
         run["achieved_flops_per_s"] = run["work"]["flops"] / run["median_seconds"]
-    return runs
+        run["share_per_repeat"] = [run["work"]["flops"] / s / m
+                                   for s, m in zip(run["seconds"], around)]
+        run["share_of_flop_bound"] = flops.median(run["share_per_repeat"])
+    return runs, matmul
 
 
 def measure_eager(translator, texts: list[str], args: argparse.Namespace) -> dict[int, dict]:
@@ -325,8 +337,9 @@ def measure_eager(translator, texts: list[str], args: argparse.Namespace) -> dic
     return runs
 
 
-def print_speed(runs: dict[int, dict], limit: float, label: str) -> None:
-    """The speed table: sentences/s, tokens/s, FLOPs and the share of the FLOP-bound limit."""
+def print_speed(runs: dict[int, dict], matmul: list[float], label: str) -> None:
+    """The speed table: sentences/s, tokens/s, FLOPs and the share of the FLOP-bound limit
+    (the median of the repeats' shares, each against the matmul rate around its round)."""
     rows = []
     for beam, run in runs.items():
         w = run["work"]
@@ -338,13 +351,17 @@ def print_speed(runs: dict[int, dict], limit: float, label: str) -> None:
                      f"{w['forced_end_share']:.0%}",
                      flops.format_si(w["flops_per_generated_token_per_hypothesis"], "FLOP"),
                      flops.format_si(run["achieved_flops_per_s"], "FLOP/s"),
-                     f"{100 * share:.1f}%", goal])
+                     f"{100 * share:.1f}%",
+                     f"{100 * min(run['share_per_repeat']):.1f}-"
+                     f"{100 * max(run['share_per_repeat']):.1f}%", goal])
     print(f"\n{label}")
     flops.print_table(["search", "sent/s (median)", "range", "tok/s", "tokens", "at max len",
-                       "FLOPs/tok/hyp", "achieved", "share", "goal"], rows)
-    print(f"FLOP-bound limit: measured matmul {flops.format_si(limit, 'FLOP/s')}; FLOPs/tok/hyp "
-          "= useful matmul FLOPs (encoder amortised) per generated token (EOS step included) "
-          "and hypothesis")
+                       "FLOPs/tok/hyp", "achieved", "share", "share range", "goal"], rows)
+    print(f"FLOP-bound limit: matmul measured around each round of repeats, "
+          f"{flops.format_si(min(matmul), 'FLOP/s')}-{flops.format_si(max(matmul), 'FLOP/s')} "
+          f"(median {flops.format_si(flops.median(matmul), 'FLOP/s')}); FLOPs/tok/hyp = useful "
+          "matmul FLOPs (encoder amortised) per generated token (EOS step included) and "
+          "hypothesis")
 
 
 def print_eager(runs: dict[int, dict], count: int, batch_size: int) -> None:
@@ -374,13 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.model:
         print("note: random weights tend to run to the maximum length "
               "(1.5 x source + 10 tokens), so figures differ from a trained model's")
-    runs = measure(translator, texts, args)
+    runs, matmul = measure(translator, texts, args)
     eager = measure_eager(translator, texts[:args.eager_limit], args) if args.eager_limit else {}
-    print(f"measuring matmul FLOP/s ({dtype}, {args.matmul_size}x{args.matmul_size}) ...")
-    matmul = flops.matmul_flops(dtype, args.matmul_size, args.matmul_repeats)
-    for run in runs.values():
-        run["share_of_flop_bound"] = run["achieved_flops_per_s"] / flops.median(matmul)
-    print_speed(runs, flops.median(matmul), f"{label}, Multi30k test_2016_flickr en->de")
+    print_speed(runs, matmul, f"{label}, Multi30k test_2016_flickr en->de")
     if eager:
         print_eager(eager, len(texts[:args.eager_limit]), args.batch_size)
     print(f"\ngoals: beam 5 >= {SHARE_GOAL:.0%} of the FLOP-bound limit and >= {EAGER_GOAL:.0f}x "
