@@ -110,13 +110,43 @@ float Row(const T* x, int64_t n, int k, float* values, int32_t* indices) {
   return top + static_cast<float>(std::log(total));
 }
 
-template <typename T>
-class TopKLogNormOp : public OpKernel {
+// What both ops share: the attr k (>= 1), how many of each row's best they return, and
+// their outputs.
+class TopKKernel : public OpKernel {
  public:
-  explicit TopKLogNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit TopKKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &k_));
     OP_REQUIRES(ctx, k_ >= 1, tensorflow::errors::InvalidArgument("k must be >= 1, got ", k_));
   }
+
+ protected:
+  struct Outputs {
+    float* values = nullptr;     // [rows, k]
+    int32_t* indices = nullptr;  // [rows, k]
+    float* log_norm = nullptr;   // [rows]
+  };
+
+  // Checks k against the vocabulary and allocates the outputs; on failure the context's
+  // status says why (the caller returns when it is not ok).
+  void Allocate(OpKernelContext* ctx, int64_t rows, int64_t vocab, Outputs* out) {
+    OP_REQUIRES(ctx, k_ <= vocab,
+                tensorflow::errors::InvalidArgument("k = ", k_, " exceeds the vocabulary ",
+                                                    vocab));
+    Tensor *values = nullptr, *indices = nullptr, *log_norm = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, k_}), &values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, k_}), &indices));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows}), &log_norm));
+    *out = {values->flat<float>().data(), indices->flat<int32_t>().data(),
+            log_norm->flat<float>().data()};
+  }
+
+  int k_;
+};
+
+template <typename T>
+class TopKLogNormOp : public TopKKernel {
+ public:
+  using TopKKernel::TopKKernel;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& logits = ctx->input(0);
@@ -124,16 +154,13 @@ class TopKLogNormOp : public OpKernel {
                 tensorflow::errors::InvalidArgument("logits must be [rows, vocab], got ",
                                                     logits.shape().DebugString()));
     const int64_t rows = logits.dim_size(0), n = logits.dim_size(1);
-    OP_REQUIRES(ctx, k_ <= n,
-                tensorflow::errors::InvalidArgument("k = ", k_, " exceeds the vocabulary ", n));
-    Tensor *values = nullptr, *indices = nullptr, *log_norm = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, k_}), &values));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, k_}), &indices));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows}), &log_norm));
+    Outputs out;
+    Allocate(ctx, rows, n, &out);
+    if (!ctx->status().ok()) return;
     const T* in = logits.flat<T>().data();
-    float* out_values = values->flat<float>().data();
-    int32_t* out_indices = indices->flat<int32_t>().data();
-    float* out_norm = log_norm->flat<float>().data();
+    float* out_values = out.values;
+    int32_t* out_indices = out.indices;
+    float* out_norm = out.log_norm;
     const int k = k_;
     auto work = [&](int64_t first, int64_t last) {
       for (int64_t i = first; i < last; ++i)
@@ -144,8 +171,6 @@ class TopKLogNormOp : public OpKernel {
                       work);
   }
 
- private:
-  int k_;
 };
 
 // Both ops' outputs: values and indices [rows, k], log_norm [rows], rows those of input 0.
@@ -304,12 +329,9 @@ inline float Merge(int64_t r, int64_t rows, int64_t parts, int k, const RowFold*
 }
 
 template <typename T>
-class ProjectTopKOp : public OpKernel {
+class ProjectTopKOp : public TopKKernel {
  public:
-  explicit ProjectTopKOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &k_));
-    OP_REQUIRES(ctx, k_ >= 1, tensorflow::errors::InvalidArgument("k must be >= 1, got ", k_));
-  }
+  using TopKKernel::TopKKernel;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor &features = ctx->input(0), &packed = ctx->input(1), &bias = ctx->input(2);
@@ -325,21 +347,16 @@ class ProjectTopKOp : public OpKernel {
                     "packed weights hold ", packed.NumElements(), " words; [", depth, ", ",
                     vocab, "] packs into ", PackedB<T>::Words(depth, vocab),
                     " (packed by PackWeights for other sizes or dtype?)"));
-    OP_REQUIRES(ctx, k_ <= vocab,
-                tensorflow::errors::InvalidArgument("k = ", k_, " exceeds the vocabulary ", vocab));
-    Tensor *values = nullptr, *indices = nullptr, *log_norm = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, k_}), &values));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, k_}), &indices));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows}), &log_norm));
-    if (rows == 0) return;
+    Outputs out;
+    Allocate(ctx, rows, vocab, &out);
+    if (!ctx->status().ok() || rows == 0) return;
     const PackedB<T> w(depth, vocab, reinterpret_cast<const uint32_t*>(packed.flat<int32_t>().data()));
     const T* x = features.flat<T>().data();
     // the bias over the padded columns: -inf past the vocabulary, out of every maximum
     std::vector<float> padded_bias(w.n_pad, -kInf);
     std::copy_n(bias.flat<float>().data(), vocab, padded_bias.data());
-    float* out_values = values->flat<float>().data();
-    int32_t* out_indices = indices->flat<int32_t>().data();
-    float* out_norm = log_norm->flat<float>().data();
+    float *out_values = out.values, *out_norm = out.log_norm;
+    int32_t* out_indices = out.indices;
     const int k = k_;
     const int64_t panel_bytes = 4 * PackedB<T>::Depth(depth) * kPanel;
     const int64_t chunk_panels = std::max<int64_t>(1, kChunkBytes / panel_bytes);
@@ -402,8 +419,6 @@ class ProjectTopKOp : public OpKernel {
                           out_indices + r * k);
   }
 
- private:
-  int k_;
 };
 
 }  // namespace
