@@ -183,10 +183,10 @@ class Seq2Seq(keras.Model):
             "attentional": (ops.cast(self.attentional.kernel, dtype),
                             ops.cast(self.attentional.bias, dtype)),
         }
-        if self.tie_embeddings:
-            weights["output"] = self.output_table()
         if search:
             weights["projection"] = self.packed_output()
+        if self.tie_embeddings and not weights.get("projection"):  # else not read
+            weights["output"] = self.output_table()
         return weights
 
     def packed_output(self) -> dict:

@@ -13,9 +13,9 @@ written to memory.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from typing import NamedTuple
+
+import tensorflow as tf
 
 from translator import native
 
