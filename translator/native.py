@@ -3,10 +3,10 @@ own ops where they cannot be built.
 
 * TopKLogNorm (top_k.cc), for the searches where a step's logits are written out (nothing
   packed: see ProjectTopK): each step needs, from the vocabulary-wide logits of every
-  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU
-  ops take five passes over the logits for that (cast, chunk maxima, two top-k, softmax),
-  as long as the output matmul itself; the kernel reads each row once (beam 5 at 1,280
-  rows: 5 ms against 14 ms).
+  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU ops take five
+  passes over the logits for that (cast, chunk maxima, two top-k, softmax), as long as
+  the output matmul itself; the kernel reads each row once (beam 5 at 1,280 rows: 5 ms
+  against 14 ms).
 * ProjectTopK (top_k.cc) and LstmStep (lstm_cell.cc), the searches' decoder step on
   weights packed once per search (PackWeights, pack.cc): the output projection computed a
   block at a time and folded into each row's top k and log-normaliser while in cache (the

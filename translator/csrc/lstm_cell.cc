@@ -2,7 +2,8 @@
 // output) and sigmoid and tanh from simd.h (absolute error below 1e-6):
 //
 // LstmCell and LstmCellGrad: one step's gate arithmetic, forward and backward, for code
-// that steps through time itself (the searches' decoder; input feeding, whose gradient,
+// that steps through time itself (the searches' decoder where nothing is packed, else
+// LstmStep at the end of this file; input feeding, whose gradient,
 // translator.native's, uses LstmCellGrad): a dozen element-wise TensorFlow ops forward
 // (cast, split, three sigmoids, two tanh, ...) and two dozen backward, each a kernel
 // launch and a pass over [batch, 4 x units], become one pass each way.
