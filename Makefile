@@ -9,7 +9,7 @@ ifneq ($(wildcard $(MIRROR)/multi30k),)
 export TRANSLATOR_MIRROR ?= $(MIRROR)
 endif
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-plain lint install clean info
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The same suite on TensorFlow's ops alone, as on a machine without a C++ compiler
+# (the kernel tests skip; everything else must pass). CI runs it after `make test`.
+test-plain: $(VENV)/.installed
+	TRANSLATOR_NATIVE=0 $(VENV)/bin/pytest
+
+info: $(VENV)/.installed
+	$(PY) -m translator info
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

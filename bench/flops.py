@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from translator import cpu
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 TMP_DIR = RESULTS_DIR / "tmp"  # git-ignored: cached tokenizer models
@@ -159,26 +161,6 @@ def matmul_flops(dtype: str, size: int = 2048, repeats: int = 5, seconds: float 
     return rates
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The bfloat16-related CPU flags (they decide what mixed_bfloat16 runs on)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    words = set(text.split())
-    return sorted(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in words)
-
-
 def machine() -> dict[str, Any]:
     """Platform, CPU count and model, load average, library versions, thread settings."""
     import keras
@@ -189,9 +171,10 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
+        "cpu_model": cpu.model(),
+        "cpu_flags": cpu.notable_features(),
         "load_average_at_start": list(os.getloadavg()),
+        "cpu_times_at_start": cpu_times(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
@@ -200,6 +183,27 @@ def machine() -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS",
                                            "TRANSLATOR_MIRROR") if k in os.environ},
     }
+
+
+def cpu_times() -> list[int]:
+    """The machine's total CPU time counters (/proc/stat's 'cpu' line: user, nice, system,
+    idle, iowait, irq, softirq, steal, ...), in clock ticks; [] where there is none."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return []
+    return [int(x) for x in first[1:]] if first and first[0] == "cpu" else []
+
+
+def steal_share(start: list[int], end: list[int]) -> float | None:
+    """The share of the CPU time between two cpu_times() readings that the hypervisor
+    took from this VM (steal): figures measured while it is high are slow by about that
+    much."""
+    if len(start) < 8 or len(end) < 8:
+        return None
+    deltas = [b - a for a, b in zip(start, end)]
+    total = sum(deltas[:8])
+    return deltas[7] / total if total > 0 else None
 
 
 def quiet_warning(load: float | None = None) -> str | None:
@@ -235,10 +239,10 @@ def print_machine() -> dict[str, Any]:
     info = machine()
     info["quiet_warning"] = quiet_warning(info["load_average_at_start"][0])
     info["compiled_kernels"] = native.library() is not None
+    info["kernels_status"] = native.status()
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
-          f"Keras {info['keras']}; compiled kernels (translator/native.py): "
-          f"{'yes' if info['compiled_kernels'] else 'no, TensorFlow ops'}")
+          f"Keras {info['keras']}; compiled kernels: {info['kernels_status']}")
     if info["quiet_warning"]:
         print(info["quiet_warning"])
     return info
@@ -255,6 +259,11 @@ def quiet_tensorflow() -> None:
 def write_results(name: str, results: dict[str, Any]) -> Path:
     """Writes results as JSON to bench/results/<name>.json and returns the path."""
     results = {**results, "load_average_at_end": list(os.getloadavg())}
+    start = results.get("machine", {}).get("cpu_times_at_start", [])
+    steal = steal_share(start, cpu_times())
+    if steal is not None:
+        results["steal_share"] = round(steal, 4)
+        print(f"hypervisor steal during the run: {100 * steal:.1f}% of the CPU time")
     path = RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n", encoding="utf-8")

@@ -8,8 +8,10 @@ Multi30k test_2016_flickr through Translator.translate, greedy and beam 5; whole
 over the 1,000 sentences alternate between the variants (sentences/s, medians). The
 "unfused" variant has every kernel but the searches' fused ones (LstmStep, ProjectTopK:
 nothing packed, so the decoder step runs a matmul, LstmCell, the output matmul and
-TopKLogNorm). For training, bench/train_ablation.py turns off each kernel (and the fused
-Adam) alone.
+TopKLogNorm); "kernels" forces the fused step. Which of the two the product runs by
+default is decided once per machine (translator.kernel_tuning); the run prints that
+choice beside the measured speeds, so that one can see the default is the faster. For
+training, bench/train_ablation.py turns off each kernel (and the fused Adam) alone.
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/kernels_ab.py --model models/base
 """
@@ -25,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import flops  # noqa: E402
 
-# name -> (TRANSLATOR_NATIVE, the searches' fused kernels) while tracing
-VARIANTS = {"tf-ops": ("0", False), "unfused": ("1", False), "kernels": ("1", True)}
+# name -> (TRANSLATOR_NATIVE, TRANSLATOR_FUSED_STEP) while tracing
+VARIANTS = {"tf-ops": ("0", "0"), "unfused": ("1", "0"), "kernels": ("1", "1")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,25 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def traced_as(variant: str, build) -> Any:
-    """Calls build() (which must trace everything it will run) with the variant's switches:
-    without the fused kernels, translator.native.pack_weights packs nothing (as where the
-    kernels are missing), so the model traces its unfused decoder step."""
-    from translator import native
-
-    before = os.environ.get("TRANSLATOR_NATIVE")
-    flag, fused = VARIANTS[variant]
-    os.environ["TRANSLATOR_NATIVE"] = flag
-    pack = native.pack_weights
-    if not fused:
-        native.pack_weights = lambda *args, **kwargs: None
+    """Calls build() (which must trace everything it will run) with the variant's switches
+    in the environment (read when a search is traced)."""
+    saved = {k: os.environ.get(k) for k in ("TRANSLATOR_NATIVE", "TRANSLATOR_FUSED_STEP")}
+    os.environ["TRANSLATOR_NATIVE"], os.environ["TRANSLATOR_FUSED_STEP"] = VARIANTS[variant]
     try:
         return build()
     finally:
-        native.pack_weights = pack
-        if before is None:
-            os.environ.pop("TRANSLATOR_NATIVE")
-        else:
-            os.environ["TRANSLATOR_NATIVE"] = before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
 
 
 def decode_ab(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,9 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     info = flops.print_machine()
     if not info["compiled_kernels"]:
         raise SystemExit("the compiled kernels are not available here: nothing to compare")
+    from translator import native
+
+    default = "kernels" if native.fused_step() else "unfused"
+    print(f"default decoder step on this machine: {default} "
+          f"({native.fused_step_timing() or 'forced by TRANSLATOR_FUSED_STEP'})")
     results: dict[str, Any] = {"benchmark": "kernels_ab", "machine": info,
-                               "settings": vars(args)}
+                               "settings": vars(args), "default": default,
+                               "tuning": native.fused_step_timing()}
     results["decoding"] = decode_ab(args)
+    for beam, figures in results["decoding"].items():
+        fastest = max(figures["median"], key=figures["median"].get)
+        print(f"{beam}: fastest {fastest}, default {default}"
+              f"{'' if fastest == default else ' (NOT the fastest)'}")
     print(f"results: {flops.write_results(args.name, results)}")
 
 

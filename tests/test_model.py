@@ -294,6 +294,7 @@ def test_search_packed_step_equals_the_plain_step(tie_embeddings, attention, inp
     from translator.top_k import Projection, top_k_log_norm
 
     monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
+    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", "1")  # whichever this machine would choose
     if native.library() is None:
         pytest.skip("the compiled kernels are not available")
     model = make_model(attention=attention, input_feeding=input_feeding,
@@ -318,10 +319,14 @@ def test_search_packed_step_equals_the_plain_step(tie_embeddings, attention, inp
             np.testing.assert_allclose(c1.numpy(), c2.numpy(), atol=1e-5)
 
 
-def test_search_packing_falls_back_to_logits_without_the_kernels(monkeypatch):
-    """Without the kernels nothing is packed and decode_step(projection=True) returns the
-    logits (in the compute dtype), which the searches read as before."""
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "0")
+@pytest.mark.parametrize("native_on,fused", [("0", "auto"), ("1", "0")])
+def test_search_packing_falls_back_to_logits_without_the_fused_step(monkeypatch, native_on,
+                                                                    fused):
+    """Without the kernels, or where the fused step does not pay, nothing is packed and
+    decode_step(projection=True) returns the logits (in the compute dtype), which the
+    searches read as before."""
+    monkeypatch.setenv("TRANSLATOR_NATIVE", native_on)
+    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", fused)
     model = make_model()
     _, _, state = model.encode(batch()["source"], search=True)
     assert state["weights"]["projection"] == {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator import native
+from translator import cpu, kernel_build, native
 
 
 @pytest.fixture
 def kernel(monkeypatch):
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
-    if native._compiler() is None:
+    """native.top_k_log_norm, for tests of the kernels. Skipped without a compiler or with
+    TRANSLATOR_NATIVE=0 (the TensorFlow-ops run of the suite); where the build fails,
+    test_the_kernels_build_on_this_machine fails saying why, and so do these tests."""
+    if not native.enabled():
+        pytest.skip("TRANSLATOR_NATIVE=0: the kernels are not under test in this run")
+    if kernel_build.find_compiler() is None:
         pytest.skip("no C++ compiler: the searches use TensorFlow ops (see test_fallback_*)")
-    lib = native.library()
-    assert lib is not None, "a compiler is present but the kernel did not build (see stderr)"
     return native.top_k_log_norm
+
+
+def test_the_kernels_build_on_this_machine(kernel):
+    """With a compiler present, the library builds and loads for this machine's CPU."""
+    assert native.library() is not None, native.status()
+    assert native.status() == "on"
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
@@ -75,26 +82,10 @@ def test_kernel_refuses_k_above_vocabulary_and_wrong_rank(kernel):
         kernel(tf.zeros([5]), 1)
 
 
-def test_build_is_cached_per_machine_and_tensorflow_and_written_whole(tmp_path, monkeypatch):
-    """The library lands in TRANSLATOR_CACHE under a name keyed by source, TensorFlow,
-    compiler and CPU, written under a temporary name and renamed (never half-written). A
-    stand-in compiler writes its -o file, so this runs without compiling."""
-    fake = tmp_path / "c++"
-    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\necho lib > "$2"\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("TRANSLATOR_CACHE", str(tmp_path / "cache"))
-    target = native.library_path(str(fake))
-    assert target.parent == tmp_path / "cache" and target.name.startswith("kernels-")
-    assert native.library_path("clang++") != target
-    native.build(str(fake), target)
-    assert [p.name for p in target.parent.iterdir()] == [target.name]
-    assert target.read_text() == "lib\n"
-
-
-def test_fallback_when_the_build_fails_warns_once_and_searches_with_tf_ops(
-        tmp_path, monkeypatch, capsys):
+def test_fallback_when_the_build_fails_searches_with_tf_ops(tmp_path, monkeypatch, capsys):
     """A compiler that fails: one message naming the reason, no library left behind, and
-    top_k_log_norm returns None (translator.top_k then uses TensorFlow's ops)."""
+    top_k_log_norm returns None (translator.top_k then uses TensorFlow's ops). The build's
+    marker and log are tested in test_kernel_build.py."""
     from translator.top_k import top_k_log_norm
 
     failing = tmp_path / "bin" / "c++"
@@ -108,38 +99,13 @@ def test_fallback_when_the_build_fails_warns_once_and_searches_with_tf_ops(
     assert native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
     assert native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
     err = capsys.readouterr().err
-    assert err.count("not available") == 1 and "no such header" in err
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert err.count("kernels are off") == 1 and "no such header" in err
+    assert not list((tmp_path / "cache").glob("kernels/*.so"))
     logits = tf.constant([[0.0, 2.0, 1.0, 2.0]])
     values, ids, log_norm = top_k_log_norm(logits, 2)
     np.testing.assert_array_equal(values.numpy(), [[2.0, 2.0]])
     assert sorted(ids.numpy()[0]) == [1, 3]
     np.testing.assert_allclose(log_norm.numpy(), np.log(np.exp([0, 2, 1, 2]).sum()), rtol=1e-6)
-
-
-def test_disabled_by_environment(monkeypatch):
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "0")
-    assert native.library() is None and native.top_k_log_norm(tf.zeros([1, 4]), 1) is None
-
-
-def test_no_compiler_found_falls_back(monkeypatch, capsys):
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
-    monkeypatch.setenv("CXX", "")
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(native, "_state", {})
-    assert native.library() is None
-    assert "no C++ compiler found" in capsys.readouterr().err
-
-
-def test_missing_kernel_sources_fall_back(tmp_path, monkeypatch, capsys):
-    """An install without csrc/*.cc warns and uses TensorFlow's ops (no crash)."""
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
-    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "csrc")
-    monkeypatch.setattr(native, "_state", {})
-    if native._compiler() is None:
-        pytest.skip("no C++ compiler: the missing sources are never looked for")
-    assert native.library() is None
-    assert "no kernel sources in" in capsys.readouterr().err
 
 
 # ---- SeededDropout ------------------------------------------------------------------------
@@ -451,9 +417,9 @@ def test_avx2_build_passes_the_same_checks(tmp_path):
     (TRANSLATOR_MARCH=x86-64-v3: 8-lane vectors, the product's 2-row tiles, no bfloat16
     dot products) pass this file's kernel checks and the model's kernel-against-TF-ops
     tests, in a process of their own with a cache of their own."""
-    if native._compiler() is None:
-        pytest.skip("no C++ compiler")
-    if platform.machine() != "x86_64" or " avx2" not in native._cpu_flags():
+    if not native.enabled() or kernel_build.find_compiler() is None:
+        pytest.skip("no C++ compiler, or TRANSLATOR_NATIVE=0")
+    if platform.machine() != "x86_64" or "avx2" not in cpu.features():
         pytest.skip("needs an x86-64 CPU with AVX2")
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "TRANSLATOR_MARCH": "x86-64-v3", "TRANSLATOR_CACHE": str(tmp_path),
@@ -465,7 +431,7 @@ def test_avx2_build_passes_the_same_checks(tmp_path):
          " or project_top_k or lstm_step or search_packed"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert " passed" in result.stdout and list(tmp_path.glob("kernels-*.so"))
+    assert " passed" in result.stdout and list(tmp_path.glob("kernels/kernels-*.so"))
 
 
 def _projection_case(rows: int, depth: int, vocab: int, seed: int):
@@ -580,3 +546,32 @@ def test_lstm_step_refuses_mismatched_packing_and_shapes(kernel):
         native.lstm_step(x, h, c, packed, tf.zeros([63]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="4 \\* units"):
         native.pack_weights(tf.zeros([4, 6]), "gates")
+
+
+# ---- the fused step's choice (kernel_tuning) ------------------------------------------
+
+
+def test_fused_step_choice_is_measured_once_and_cached(kernel, tmp_path, monkeypatch):
+    """Timed once against the unfused step at two sizes (positive medians), written beside
+    the library; later decisions read the file instead of measuring again."""
+    from translator import kernel_tuning
+
+    monkeypatch.delenv("TRANSLATOR_FUSED_STEP", raising=False)
+    cache = tmp_path / "kernels-x.tuning.json"
+    result = kernel_tuning.decide(native.library(), cache)
+    assert isinstance(result["fused"], bool)
+    assert len(result["fused_ms"]) == len(result["unfused_ms"]) == len(kernel_tuning.SIZES)
+    assert all(ms > 0 for ms in result["fused_ms"] + result["unfused_ms"])
+    assert result["fused"] == (sum(result["fused_ms"]) <= sum(result["unfused_ms"]))
+    cache.write_text('{"fused": false, "fused_ms": [1], "unfused_ms": [2]}')
+    assert kernel_tuning.decide(native.library(), cache)["fused"] is False
+    monkeypatch.setitem(native._state, "library", tmp_path / "kernels-x.so")
+    monkeypatch.delitem(native._state, "tuning", raising=False)
+    assert native.fused_step() is False and native.pack_for_search(tf.ones([4, 64])) is None
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("0", False)])
+def test_fused_step_forced_by_environment(kernel, monkeypatch, value, expected):
+    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", value)
+    assert native.fused_step() is expected
+    assert (native.pack_for_search(tf.ones([4, 64])) is not None) is expected

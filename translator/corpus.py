@@ -1,7 +1,8 @@
 """Known corpora, the local mirror, reading parallel text, cleaning and splits.
 
-A corpus file is looked up in this order: the cache under ``data/corpora/``, the
-local mirror (``--mirror DIR`` or ``$TRANSLATOR_MIRROR``), then its official URL.
+A corpus file is looked up in this order: the cache (``data/corpora/`` in a checkout; see
+translator.paths), the local mirror (``--mirror DIR`` or ``$TRANSLATOR_MIRROR``), then its
+official URL.
 Every file is checked against its sha256 before it is used.
 """
 
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from translator.io_utils import atomic_path
+from translator.paths import corpus_cache
 
 Pair = tuple[str, str]
 
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
 TATOEBA_URL = "https://www.manythings.org/anki/cmn-eng.zip"
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "corpora"
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,13 @@ def fetch_file(
     corpus: str,
     filename: str,
     mirror: Path | str | None = None,
-    cache_dir: Path | str = DEFAULT_CACHE,
+    cache_dir: Path | str | None = None,
 ) -> Path:
     """Returns the path of a verified copy of one corpus file in the cache, fetching if needed."""
     spec = get_corpus(corpus).files.get(filename)
     if spec is None:
         raise CorpusError(f"corpus {corpus!r} has no file {filename!r}")
-    target = Path(cache_dir) / corpus / filename
+    target = Path(cache_dir or corpus_cache()) / corpus / filename
     if target.exists():
         _verify(target, spec, f"cached file {target}")
         return target
@@ -236,7 +237,7 @@ def load_corpus(
     src: str,
     tgt: str,
     mirror: Path | str | None = None,
-    cache_dir: Path | str = DEFAULT_CACHE,
+    cache_dir: Path | str | None = None,
 ) -> list[Pair]:
     """Returns the (source, target) pairs of one split of a registered corpus."""
     corpus = get_corpus(name)

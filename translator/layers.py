@@ -99,11 +99,12 @@ class LSTM(layers.Layer):
     def step_weights(self, packed=False):
         """(kernel stacked over recurrent_kernel [in + units, 4*units], bias), in the compute
         dtype: what `step` reads. A search computes it once, not once per step. With
-        packed (searches) and the kernels available, a third item: the stacked kernel
-        packed for LstmStep (translator.native.lstm_step) and the bias in float32."""
+        packed (searches), where the fused step runs (translator.native.fused_step), a
+        third item: the stacked kernel packed for LstmStep (translator.native.lstm_step)
+        and the bias in float32."""
         kernel, recurrent_kernel, bias = self._weights()
         stacked = ops.concatenate([kernel, recurrent_kernel], 0)
-        fused = native.pack_weights(stacked, "gates") if packed else None
+        fused = native.pack_for_search(stacked, "gates") if packed else None
         if fused is None:
             return stacked, bias
         return stacked, bias, (fused, ops.cast(self.bias, "float32"))

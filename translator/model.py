@@ -191,15 +191,15 @@ class Seq2Seq(keras.Model):
 
     def packed_output(self) -> dict:
         """The output projection for the searches' fused kernel (translator.top_k.Projection):
-        {"packed": its weights packed by translator.native.pack_weights, "bias": float32
-        [tgt_vocab]}, or {} when the kernels are not available."""
+        {"packed": its weights packed by translator.native.pack_for_search, "bias": float32
+        [tgt_vocab]}, or {} where the kernels are off or the fused step does not pay."""
         dtype = self.compute_dtype
         if self.tie_embeddings:
-            packed = native.pack_weights(ops.cast(self.tgt_embedding.embeddings, dtype),
-                                         "transposed")
+            packed = native.pack_for_search(ops.cast(self.tgt_embedding.embeddings, dtype),
+                                            "transposed")
             bias = self.output_bias
         else:
-            packed = native.pack_weights(ops.cast(self.output_proj.kernel, dtype))
+            packed = native.pack_for_search(ops.cast(self.output_proj.kernel, dtype))
             bias = self.output_proj.bias
         return {} if packed is None else {"packed": packed, "bias": ops.cast(bias, "float32")}
 

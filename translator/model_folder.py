@@ -18,6 +18,7 @@ import keras
 import yaml
 
 from translator import config as config_lib
+from translator import cpu
 from translator.model import Seq2Seq
 from translator.tokenizer import Tokenizer, TokenizerError
 
@@ -41,14 +42,11 @@ def read_config(folder: Path | str) -> config_lib.Config:
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' -> mixed_bfloat16 on CPUs with AVX-512 BF16 or AMX (x86 Linux), else float32."""
+    """'auto' -> mixed_bfloat16 on CPUs with full-speed bfloat16 math (AVX-512 BF16 or AMX
+    on x86, BF16 on ARM), else float32."""
     if precision != "auto":
         return precision
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    return "mixed_bfloat16" if cpu.has_bfloat16_math() else "float32"
 
 
 def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:

@@ -32,40 +32,30 @@ The ops that split work between threads (LstmSequence, ProjectTopK, LstmStep) gi
 the op's pool threads one task and wait: a part run on the calling thread (TensorFlow's
 TransformRangeConcurrently) often shared a core with a pool thread and took twice as long.
 
-The files are compiled on first use with the machine's C++ compiler against the installed
-TensorFlow (about 25 s, once per machine and TensorFlow version) into one library, cached
-under $TRANSLATOR_CACHE (default: data/kernels/ in the project), for this machine's CPU
-(-march=native; $TRANSLATOR_MARCH names another level, e.g. x86-64-v3 for AVX2). The
+The files are compiled on first use into one library (translator.kernel_build: the
+instruction set chosen explicitly, the build decided once per machine and cached). The
 vectors in csrc/simd.h are as wide as the CPU's registers: 16 floats with AVX-512, 8
-otherwise. Without a compiler, or with TRANSLATOR_NATIVE=0, every function here returns
-None and the callers use TensorFlow's ops: the same model and translations (sigmoid, tanh
-and exp agree to ~1e-6; the search puts exactly tied tokens in id order; dropout draws
-other, equally likely masks).
+otherwise. Without a compiler, after a failed build, or with TRANSLATOR_NATIVE=0, every
+function here returns None and the callers use TensorFlow's ops: the same model and
+translations (sigmoid, tanh and exp agree to ~1e-6; the search puts exactly tied tokens in
+id order; dropout draws other, equally likely masks). status() says which, and why.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-SOURCE_DIR = Path(__file__).parent / "csrc"  # *.cc compiled together; *.h they include
-# for each object file (linked -shared); TRANSLATOR_MARCH builds for another CPU level than
-# this machine's, e.g. x86-64-v3 (AVX2) for a cache shared with older machines
-_FLAGS = ["-fPIC", "-O3", f"-march={os.environ.get('TRANSLATOR_MARCH', 'native')}", "-w"]
-_COMPILE_TIMEOUT_S = 300
+from translator import kernel_build, kernel_tuning
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {}  # "module": loaded op library or None, once decided
+# "module": the loaded op library or None, "why": the reason, "library": its path,
+# "tuning": kernel_tuning's decision
+_state: dict[str, Any] = {}
 
 
 def enabled() -> bool:
@@ -74,119 +64,49 @@ def enabled() -> bool:
                                                                             "off")
 
 
-def cache_dir() -> Path:
-    """$TRANSLATOR_CACHE, else data/kernels/ in the project (beside the corpus cache)."""
-    root = os.environ.get("TRANSLATOR_CACHE")
-    return Path(root) if root else Path(__file__).resolve().parent.parent / "data" / "kernels"
-
-
-def _cpu_flags() -> str:
-    """The machine's CPU feature flags (the library is built for this machine's CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def library_path(compiler: str) -> Path:
-    """Where the library for these sources, TensorFlow, compiler and CPU is cached."""
-    sources = [f.read_text() for f in _files("*.h") + _files("*.cc")]
-    key = "\n".join([*sources, tf.__version__, compiler, " ".join(_FLAGS),
-                     " ".join(tf.sysconfig.get_compile_flags()), platform.machine(),
-                     _cpu_flags(), sys.version])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"kernels-{digest}.so"
-
-
-def _files(pattern: str) -> list[Path]:
-    return sorted(SOURCE_DIR.glob(pattern))
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def build(compiler: str, target: Path) -> None:
-    """Compiles the sources into target: each .cc file to an object file, all at once (the
-    compiler is single-threaded), then one link. The library is written under a temporary
-    name, then renamed, so a concurrent or interrupted build never leaves a half-written
-    one; the object files live in a temporary folder beside it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        with tempfile.TemporaryDirectory(dir=target.parent) as work:
-            objects = []
-            running = []
-            for source in _files("*.cc"):
-                objects.append(str(Path(work) / f"{source.stem}.o"))
-                running.append(subprocess.Popen(
-                    [compiler, *_FLAGS, "-c", str(source), "-o", objects[-1],
-                     *tf.sysconfig.get_compile_flags()],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-            for process in running:
-                _finish(compiler, process)
-            _finish(compiler, subprocess.Popen(
-                [compiler, "-shared", *objects, "-o", tmp, *tf.sysconfig.get_link_flags()],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _finish(compiler: str, process: subprocess.Popen) -> None:
-    """Waits for one compiler run; its error output in the exception if it failed."""
-    try:
-        _, errors = process.communicate(timeout=_COMPILE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    if process.returncode != 0:
-        raise RuntimeError(f"{compiler} exited with {process.returncode}:\n"
-                           f"{errors.strip()[-2000:]}")
-
-
-def _load() -> Any | None:
-    compiler = _compiler()
+def _load(retry: bool = False) -> tuple[Any | None, str]:
+    """(the op library, "on") or (None, why not), building it first if needed."""
+    compiler = kernel_build.find_compiler()
     if compiler is None:
-        _warn("no C++ compiler found (set CXX)")
-        return None
+        return None, "no C++ compiler found (install g++ or set CXX)"
+    if not kernel_build.sources():
+        return None, f"no kernel sources in {kernel_build.SOURCE_DIR}"
+    plan = kernel_build.plan(compiler)
+    _state["library"] = plan.library
+    if retry:  # and measure the fused step again
+        plan.library.with_suffix(".tuning.json").unlink(missing_ok=True)
     try:
-        if not _files("*.cc"):
-            raise FileNotFoundError(f"no kernel sources in {SOURCE_DIR}")
-        target = library_path(compiler)
-        if not target.exists():
-            print(f"translator: compiling the kernels in {SOURCE_DIR.name}/ (once, ~25 s) "
-                  f"into {target.parent}", file=sys.stderr, flush=True)
-            build(compiler, target)
-        return tf.load_op_library(str(target))
-    except Exception as error:  # noqa: BLE001 -- any failure means: use the TF ops
-        _warn(f"{type(error).__name__}: {error}")
-        return None
+        kernel_build.ensure_built(plan, retry=retry)
+        return tf.load_op_library(str(plan.library)), "on"
+    except kernel_build.BuildError as error:
+        return None, (f"the build failed ({error}); log: {plan.log}; retry: "
+                      "python -m translator info --rebuild")
+    except (OSError, RuntimeError, tf.errors.OpError) as error:
+        return None, f"{type(error).__name__}: {error}"
 
 
-def _warn(reason: str) -> None:
-    print(f"translator: the compiled kernels are not available ({reason}); using TensorFlow's "
-          "ops instead (the same model, slower). TRANSLATOR_NATIVE=0 skips them.",
-          file=sys.stderr, flush=True)
-
-
-def library() -> Any | None:
-    """The loaded op library, or None (disabled, no compiler, or the build failed; the
-    reason is printed once)."""
+def library(retry: bool = False) -> Any | None:
+    """The loaded op library, or None (disabled, no compiler, or the build failed: the
+    reason is printed once per process, and status() returns it). retry: build again even
+    where an earlier build failed, and measure the fused step again."""
     if not enabled():
         return None
     with _lock:
-        if "module" not in _state:
-            _state["module"] = _load()
+        if "module" not in _state or (retry and _state["module"] is None):
+            _state["module"], _state["why"] = _load(retry)
+            if _state["module"] is None:
+                print(f"translator: the compiled kernels are off: {_state['why']}. Using "
+                      "TensorFlow's ops (the same model, slower); TRANSLATOR_NATIVE=0 skips "
+                      "them.", file=sys.stderr, flush=True)
         return _state["module"]
+
+
+def status() -> str:
+    """'on', or why the kernels are off (loading them first if that was not yet tried)."""
+    if not enabled():
+        return "off: TRANSLATOR_NATIVE=0"
+    library()
+    return _state["why"] if _state["why"] == "on" else f"off: {_state['why']}"
 
 
 _KERNEL_DTYPES = ("float32", "bfloat16")
@@ -219,6 +139,33 @@ def pack_weights(weights: Any, layout: str = "dense") -> Any | None:
     if lib is None:
         return None
     return lib.pack_weights(weights, layout=layout)
+
+
+def fused_step() -> bool:
+    """Whether the searches run the fused decoder step (LstmStep, ProjectTopK) here: where
+    the kernels are on and, unless TRANSLATOR_FUSED_STEP forces it, where it measured
+    faster than the unfused step on this machine (translator.kernel_tuning, once per
+    machine and library)."""
+    lib, choice = library(), kernel_tuning.forced()
+    if lib is None or choice is not None:
+        return lib is not None and bool(choice)
+    with _lock:
+        if "tuning" not in _state:
+            _state["tuning"] = kernel_tuning.decide(
+                lib, _state["library"].with_suffix(".tuning.json"))
+    return _state["tuning"]["fused"]
+
+
+def fused_step_timing() -> dict | None:
+    """The measurement behind fused_step() (kernel_tuning.measure's result), or None when
+    it was not measured (kernels off, or the choice forced)."""
+    return _state.get("tuning")
+
+
+def pack_for_search(weights: Any, layout: str = "dense") -> Any | None:
+    """pack_weights where the searches run the fused step (fused_step()), else None: the
+    caller then runs the unfused step."""
+    return pack_weights(weights, layout) if fused_step() else None
 
 
 @tf.autograph.experimental.do_not_convert
