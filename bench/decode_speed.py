@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
-import flops  # noqa: E402
+import flops  # imports translator first: TensorFlow starts quietly
 
 SHARE_GOAL = 0.5  # beam 5: at least half of the FLOP-bound limit
 EAGER_GOAL = 10.0  # beam 5: at least 10x the eager reference loop

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -240,9 +241,13 @@ def print_machine() -> dict[str, Any]:
     info["quiet_warning"] = quiet_warning(info["load_average_at_start"][0])
     info["compiled_kernels"] = native.library() is not None
     info["kernels_status"] = native.status()
+    info["fused_step"] = native.fused_step()
+    info["fused_step_timing"] = native.fused_step_timing()
+    step = "fused" if info["fused_step"] else "unfused"
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "
-          f"Keras {info['keras']}; compiled kernels: {info['kernels_status']}")
+          f"Keras {info['keras']}; compiled kernels: {info['kernels_status']}"
+          f"{f', searches run the {step} decoder step' if info['compiled_kernels'] else ''}")
     if info["quiet_warning"]:
         print(info["quiet_warning"])
     return info
@@ -257,14 +262,17 @@ def quiet_tensorflow() -> None:
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:
-    """Writes results as JSON to bench/results/<name>.json and returns the path."""
+    """Writes results as JSON to bench/results/<name>-<cpu>.json (the CPU's model name in
+    lower case, e.g. kernels_ab-amd-epyc.json: figures from different CPUs side by side)
+    and returns the path."""
     results = {**results, "load_average_at_end": list(os.getloadavg())}
     start = results.get("machine", {}).get("cpu_times_at_start", [])
     steal = steal_share(start, cpu_times())
     if steal is not None:
         results["steal_share"] = round(steal, 4)
         print(f"hypervisor steal during the run: {100 * steal:.1f}% of the CPU time")
-    path = RESULTS_DIR / f"{name}.json"
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.model().lower()).strip("-") or "unknown-cpu"
+    path = RESULTS_DIR / f"{name}-{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     return path

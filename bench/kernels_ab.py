@@ -19,13 +19,14 @@ Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/kernels_ab.py -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
-import flops  # noqa: E402
+import flops  # imports translator first: TensorFlow starts quietly
 
 # name -> (TRANSLATOR_NATIVE, TRANSLATOR_FUSED_STEP) while tracing
 VARIANTS = {"tf-ops": ("0", "0"), "unfused": ("1", "0"), "kernels": ("1", "1")}
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5, help="decoding passes per variant")
+    parser.add_argument("--contend", action="store_true",
+                        help="time with a busy-loop process beside the decoding, taking CPU "
+                        "time from it as a hypervisor's steal does")
     parser.add_argument("--name", default="kernels_ab", help="results file name")
     return parser.parse_args(argv)
 
@@ -56,6 +60,18 @@ def traced_as(variant: str, build) -> Any:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def busy_loop():
+    """A process spinning on one core while the body runs: the decoding's two threads then
+    share the machine's two cores with it, as they do with a hypervisor that steals time."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def decode_ab(args: argparse.Namespace) -> dict[str, Any]:
     from translator.translator import Translator
 
@@ -69,12 +85,14 @@ def decode_ab(args: argparse.Namespace) -> dict[str, Any]:
 
         translators = {v: traced_as(v, build) for v in VARIANTS}
         speed: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for repeat in range(args.repeats):  # each variant in turn, the order reversed each pass
-            order = list(VARIANTS) if repeat % 2 == 0 else list(VARIANTS)[::-1]
-            for variant in order:
-                start = time.perf_counter()
-                translators[variant].translate(texts, beam=beam, batch_size=args.batch_size)
-                speed[variant].append(len(texts) / (time.perf_counter() - start))
+        with busy_loop() if args.contend else contextlib.nullcontext():
+            for repeat in range(args.repeats):  # each variant in turn, reversed each pass
+                order = list(VARIANTS) if repeat % 2 == 0 else list(VARIANTS)[::-1]
+                for variant in order:
+                    start = time.perf_counter()
+                    translators[variant].translate(texts, beam=beam,
+                                                   batch_size=args.batch_size)
+                    speed[variant].append(len(texts) / (time.perf_counter() - start))
         medians = {v: flops.median(s) for v, s in speed.items()}
         results[f"beam {beam}"] = {
             "sentences_per_s": speed, "median": medians,

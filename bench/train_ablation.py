@@ -28,9 +28,7 @@ import os
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
-import flops  # noqa: E402
+import flops  # imports translator first: TensorFlow starts quietly
 
 # variant -> (translator.native functions that return None while tracing, Keras' Adam?)
 VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {

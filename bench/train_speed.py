@@ -20,13 +20,10 @@ Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/train_speed.py
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
-import flops  # noqa: E402
+import flops  # imports translator first: TensorFlow starts quietly
 
 SIZES: dict[str, list[str]] = {
     "peers": ["model.embedding_dim=256", "model.encoder_units=256", "model.decoder_units=256",

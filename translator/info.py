@@ -58,6 +58,8 @@ def _decoder_step(fused: bool, timing: dict | None) -> str:
     chosen = "fused (LstmStep, ProjectTopK)" if fused else "unfused (TensorFlow's matmuls)"
     if timing is None:
         return f"{chosen}, forced by TRANSLATOR_FUSED_STEP"
+    if "error" in timing:
+        return f"{chosen}: timing the fused step failed ({timing['error']})"
     return (f"{chosen}: measured {sum(timing['fused_ms']):.1f} ms fused against "
             f"{sum(timing['unfused_ms']):.1f} ms unfused per step at the base preset's sizes")
 

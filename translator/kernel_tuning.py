@@ -40,7 +40,7 @@ def forced() -> bool | None:
 
 def decide(lib: Any, cache_file: Path) -> dict:
     """{"fused": bool, "fused_ms": [...], "unfused_ms": [...]} from cache_file, or measured
-    now (out of any graph being traced) and written there."""
+    now (out of any graph being traced) and written there where it can be."""
     try:
         cached = json.loads(cache_file.read_text())
         if isinstance(cached.get("fused"), bool):
@@ -50,8 +50,11 @@ def decide(lib: Any, cache_file: Path) -> dict:
     with tf.init_scope():
         result = measure(lib)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, cache_file)
+    try:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, cache_file)
+    except OSError:  # a read-only cache: measured again by the next process
+        tmp.unlink(missing_ok=True)
     return result
 
 

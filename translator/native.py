@@ -151,8 +151,13 @@ def fused_step() -> bool:
         return lib is not None and bool(choice)
     with _lock:
         if "tuning" not in _state:
-            _state["tuning"] = kernel_tuning.decide(
-                lib, _state["library"].with_suffix(".tuning.json"))
+            try:
+                _state["tuning"] = kernel_tuning.decide(
+                    lib, _state["library"].with_suffix(".tuning.json"))
+            except (tf.errors.OpError, ValueError, RuntimeError) as error:
+                print(f"translator: timing the fused decoder step failed ({error}); the "
+                      "searches run the unfused step", file=sys.stderr, flush=True)
+                _state["tuning"] = {"fused": False, "error": str(error)}
     return _state["tuning"]["fused"]
 
 
