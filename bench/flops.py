@@ -241,8 +241,11 @@ def print_machine() -> dict[str, Any]:
     info["quiet_warning"] = quiet_warning(info["load_average_at_start"][0])
     info["compiled_kernels"] = native.library() is not None
     info["kernels_status"] = native.status()
-    info["fused_step"] = native.fused_step()
-    info["fused_step_timing"] = native.fused_step_timing()
+    from translator.model_folder import resolve_precision
+
+    dtype = "bfloat16" if resolve_precision("auto") == "mixed_bfloat16" else "float32"
+    info["fused_step"] = native.fused_step(dtype)
+    info["fused_step_timing"] = native.fused_step_timing(dtype)
     step = "fused" if info["fused_step"] else "unfused"
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs "
           f"({', '.join(info['cpu_flags'])}); TensorFlow {info['tensorflow']}, "

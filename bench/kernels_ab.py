@@ -112,14 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     info = flops.print_machine()
     if not info["compiled_kernels"]:
         raise SystemExit("the compiled kernels are not available here: nothing to compare")
-    from translator import native
-
-    default = "kernels" if native.fused_step() else "unfused"
+    # the choice for the precision training picks here (that of models trained here)
+    default = "kernels" if info["fused_step"] else "unfused"
     print(f"default decoder step on this machine: {default} "
-          f"({native.fused_step_timing() or 'forced by TRANSLATOR_FUSED_STEP'})")
+          f"({info['fused_step_timing'] or 'forced by TRANSLATOR_FUSED_STEP'})")
     results: dict[str, Any] = {"benchmark": "kernels_ab", "machine": info,
-                               "settings": vars(args), "default": default,
-                               "tuning": native.fused_step_timing()}
+                               "settings": vars(args), "default": default}
     results["decoding"] = decode_ab(args)
     for beam, figures in results["decoding"].items():
         fastest = max(figures["median"], key=figures["median"].get)

@@ -20,29 +20,43 @@ import pytest
 from translator import cpu, kernel_build, native, paths
 
 SAPPHIRE_RAPIDS = frozenset(
-    "avx avx2 bmi1 bmi2 f16c fma movbe xsave cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3 "
+    "avx avx2 bmi1 bmi2 f16c fma abm movbe xsave cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3 "
     "avx512f avx512bw avx512cd avx512dq avx512vl avx512_bf16 avx512_fp16 amx_tile amx_bf16"
     .split())
-AVX2_LAPTOP = frozenset("avx avx2 bmi1 bmi2 f16c fma movbe xsave cx16 lahf_lm popcnt pni "
+AVX2_LAPTOP = frozenset("avx avx2 bmi1 bmi2 f16c fma abm movbe xsave cx16 lahf_lm popcnt pni "
                         "sse4_1 sse4_2 ssse3".split())
 
 
 def test_isa_flags_name_the_level_and_bf16_never_the_cpus_newer_extensions():
     """A Sapphire Rapids CPU gets x86-64-v4 with AVX-512 BF16, never -march=native (which
     would turn on AVX-512 FP16 and break TensorFlow's headers); an AVX2 laptop v3; a CPU
-    without AVX v2; ARM with dot products v8.2-A, else v8-A."""
+    without AVX v2; a level counts only with every level below it; ARM gets ARMv8-A."""
     assert cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS) == [
         "-march=x86-64-v4", "-mavx512bf16", "-mtune=native"]
-    assert cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS - {"avx512_bf16"})[0] == "-march=x86-64-v4"
-    assert cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS - {"avx512_bf16"})[1] == "-mtune=native"
+    assert cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS - {"avx512_bf16"}) == [
+        "-march=x86-64-v4", "-mtune=native"]
     assert cpu.isa_flags("x86_64", AVX2_LAPTOP)[0] == "-march=x86-64-v3"
     assert cpu.isa_flags("x86_64", AVX2_LAPTOP - {"avx2"})[0] == "-march=x86-64-v2"
+    assert cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS - {"abm"})[0] == "-march=x86-64-v2"
     assert cpu.isa_flags("x86_64", frozenset())[0] == "-march=x86-64"
-    assert cpu.isa_flags("aarch64", frozenset({"asimd", "asimddp", "asimdhp"})) == [
-        "-march=armv8.2-a"]
-    assert cpu.isa_flags("aarch64", frozenset({"asimd"})) == ["-march=armv8-a"]
-    assert all("native" not in flag for flag in cpu.isa_flags("x86_64", SAPPHIRE_RAPIDS)
-               if flag.startswith("-march"))
+    assert cpu.isa_flags("aarch64", frozenset({"asimd", "asimddp", "bf16"})) == [
+        "-march=armv8-a"]
+
+
+def test_levels_spelled_out_for_compilers_that_predate_their_names(tmp_path):
+    """GCC before 11 refuses -march=x86-64-v3: the build then names the level's features
+    (and those of the levels below) one by one."""
+    assert cpu.spelled_out("x86-64-v3")[:2] == ["-march=x86-64", "-mcx16"]
+    assert "-mavx2" in cpu.spelled_out("x86-64-v3") and "-mfma" in cpu.spelled_out("x86-64-v3")
+    assert "-mavx512f" not in cpu.spelled_out("x86-64-v3")
+    assert {"-mavx2", "-mavx512bw"} <= set(cpu.spelled_out("x86-64-v4"))
+    old = tmp_path / "g++"
+    old.write_text('#!/bin/sh\ncase "$*" in *x86-64-v*) echo "bad value" >&2; exit 1;; esac\n'
+                   'exit 0\n')
+    old.chmod(0o755)
+    flags = kernel_build.target_flags(str(old), ["-march=x86-64-v3", "-mtune=native"])
+    assert flags[2:4] == ["-march=x86-64", "-mcx16"] and "-mavx2" in flags
+    assert "-mtune=native" in flags and not any("x86-64-v" in f for f in flags)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +69,10 @@ def compiler() -> str:
     return found
 
 
-X86_TARGETS = ["x86-64-v2", "x86-64-v3", "x86-64-v4", "sapphirerapids", "znver4"]
+# x86-64-v3 (AVX2) is built and run by test_native.py's test_avx2_build_passes_the_same_checks
+# wherever the CPU has AVX2; compiled here only where it has not
+X86_TARGETS = ["x86-64-v2", "x86-64-v4", "sapphirerapids", "znver4"] + (
+    [] if "avx2" in cpu.features() else ["x86-64-v3"])
 # Zen 4 spelled out for compilers before GCC 13, which do not know -march=znver4
 ZEN4 = ["-march=znver3", "-mavx512f", "-mavx512bw", "-mavx512cd", "-mavx512dq", "-mavx512vl",
         "-mavx512bf16", "-mavx512vnni", "-mavx512ifma", "-mavx512vbmi", "-mavx512vbmi2",
@@ -72,10 +89,15 @@ def _isa(compiler: str, target: str) -> list[str]:
 
 
 def test_target_flags_turn_off_the_extensions_tensorflows_headers_break_on(compiler):
-    """sapphirerapids defines __AVX512FP16__ (Eigen then includes a header GCC 12 cannot
-    compile): the flags turn it off; znver4 has no FP16 and gets nothing extra."""
+    """sapphirerapids defines __AVX512FP16__ (with GCC 12 and later; Eigen then includes a
+    header GCC 12 cannot compile): the flags turn it off; znver4 has no FP16 and gets
+    nothing extra."""
     if platform.machine() != "x86_64":
         pytest.skip("x86-64 targets need an x86-64 compiler")
+    macros = subprocess.run([compiler, "-march=sapphirerapids", "-dM", "-E", "-x", "c++",
+                             os.devnull], capture_output=True, text=True).stdout
+    if "__AVX512FP16__" not in macros:
+        pytest.skip(f"{compiler} does not turn on AVX-512 FP16 for sapphirerapids")
     spr = kernel_build.target_flags(compiler, ["-march=sapphirerapids"])
     assert "-mno-avx512fp16" in spr and spr.index("-mno-avx512fp16") > spr.index(
         "-march=sapphirerapids")
@@ -181,6 +203,25 @@ def test_a_failed_build_is_decided_once_with_one_line_and_a_log(fresh_native, mo
 
     assert native.library(retry=True) is None  # retried: compiles again (and fails again)
     assert len((fresh_native / "calls.txt").read_text().splitlines()) == 2 * compiles
+
+
+def test_the_first_error_line_is_named_and_a_killed_compiler_leaves_no_marker(
+        fresh_native, monkeypatch):
+    """The one line names the compiler's first 'error:' line (not an included errors.h);
+    a compiler killed by the system (out of memory) is a failure of the moment: no
+    marker, the next process tries again."""
+    fake = _fake_compiler(fresh_native, "echo 'In file included from tensorflow/errors.h:3'\n"
+                          "echo 'simd.h:9:1: error: expected declaration'\nexit 1\n")
+    plan = kernel_build.plan(str(fake))
+    with pytest.raises(kernel_build.BuildError, match="simd.h:9:1: error: expected decl"):
+        kernel_build.ensure_built(plan)
+    assert plan.marker.exists()
+    killed = _fake_compiler(fresh_native / "k", "echo 'g++: fatal error: Killed signal "
+                            "terminated program cc1plus'\nexit 1\n")
+    plan = kernel_build.plan(str(killed))
+    with pytest.raises(kernel_build.BuildError, match="Killed signal"):
+        kernel_build.ensure_built(plan)
+    assert plan.log.exists() and not plan.marker.exists()
 
 
 def test_disabled_by_environment(monkeypatch):

@@ -7,6 +7,8 @@ they are skipped, saying so, and the searches run on TensorFlow's ops (tested be
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -427,7 +429,7 @@ def test_avx2_build_passes_the_same_checks(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_native.py", "tests/test_model.py", "-k",
-         "(kernel and not missing) or dropout or grouped_attention_against or lstm_backward"
+         "kernel or dropout or grouped_attention_against or lstm_backward"
          " or project_top_k or lstm_step or search_packed"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -551,23 +553,28 @@ def test_lstm_step_refuses_mismatched_packing_and_shapes(kernel):
 # ---- the fused step's choice (kernel_tuning) ------------------------------------------
 
 
-def test_fused_step_choice_is_measured_once_and_cached(kernel, tmp_path, monkeypatch):
-    """Timed once against the unfused step at two sizes (positive medians), written beside
-    the library; later decisions read the file instead of measuring again."""
+def test_fused_step_choice_is_measured_once_per_dtype_and_cached(
+        kernel, tmp_path, monkeypatch):
+    """Timed once against the unfused step at two sizes (positive medians), per dtype,
+    written beside the library; later decisions read the file instead of measuring."""
     from translator import kernel_tuning
 
     monkeypatch.delenv("TRANSLATOR_FUSED_STEP", raising=False)
     cache = tmp_path / "kernels-x.tuning.json"
-    result = kernel_tuning.decide(native.library(), cache)
-    assert isinstance(result["fused"], bool)
+    result = kernel_tuning.decide(native.library(), cache, "float32")
+    assert isinstance(result["fused"], bool) and result["dtype"] == "float32"
     assert len(result["fused_ms"]) == len(result["unfused_ms"]) == len(kernel_tuning.SIZES)
     assert all(ms > 0 for ms in result["fused_ms"] + result["unfused_ms"])
     assert result["fused"] == (sum(result["fused_ms"]) <= sum(result["unfused_ms"]))
-    cache.write_text('{"fused": false, "fused_ms": [1], "unfused_ms": [2]}')
-    assert kernel_tuning.decide(native.library(), cache)["fused"] is False
-    monkeypatch.setitem(native._state, "library", tmp_path / "kernels-x.so")
-    monkeypatch.delitem(native._state, "tuning", raising=False)
-    assert native.fused_step() is False and native.pack_for_search(tf.ones([4, 64])) is None
+    assert list(json.loads(cache.read_text())) == ["float32"]
+    cache.write_text('{"bfloat16": {"fused": false, "fused_ms": [1], "unfused_ms": [2]}}')
+    assert kernel_tuning.decide(native.library(), cache, "bfloat16")["fused"] is False
+    plan = dataclasses.replace(native.build_plan(), library=tmp_path / "kernels-x.so")
+    assert plan.tuning == cache
+    monkeypatch.setattr(native, "_state", {**native._state, "tuning": {}, "plan": plan})
+    assert native.fused_step("bfloat16") is False
+    assert native.pack_for_search(tf.ones([4, 64], tf.bfloat16)) is None
+    assert native.fused_step("float16") is False  # no kernel takes it
 
 
 @pytest.mark.parametrize("value,expected", [("1", True), ("0", False)])

@@ -1,7 +1,7 @@
 """`python -m translator info` (also `translator-info`): what this installation runs on and
 with, for bug reports: versions, the CPU and its features that matter, whether the compiled
 kernels are on (and if not, why), the precision training would choose, and the caches.
-`--rebuild` builds the kernels again where an earlier build failed."""
+`--rebuild` tries the kernels' build again where it failed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ def report(rebuild: bool = False) -> list[tuple[str, str]]:
     if rebuild:
         native.library(retry=True)
     compiler = kernel_build.find_compiler()
-    plan = kernel_build.plan(compiler) if compiler and native.enabled() else None
+    native.library()
+    plan = native.build_plan()
+    precision = resolve_precision("auto")
+    dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
     rows = [
         ("translator", f"{__version__} ({paths.PACKAGE_DIR})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
@@ -42,10 +45,10 @@ def report(rebuild: bool = False) -> list[tuple[str, str]]:
         rows.append(("kernel flags", " ".join(plan.flags)))
         rows.append(("kernel library", str(plan.library)))
     if native.library() is not None:
-        rows.append(("decoder step", _decoder_step(native.fused_step(),
-                                                   native.fused_step_timing())))
+        rows.append(("decoder step", _decoder_step(native.fused_step(dtype),
+                                                   native.fused_step_timing(dtype), dtype)))
     rows += [
-        ("training precision", f"auto -> {resolve_precision('auto')}"),
+        ("training precision", f"auto -> {precision}"),
         ("cache", str(paths.cache_root())),
         ("kernel cache", str(paths.kernel_cache())),
         ("corpus cache", str(paths.corpus_cache())),
@@ -53,15 +56,16 @@ def report(rebuild: bool = False) -> list[tuple[str, str]]:
     return rows
 
 
-def _decoder_step(fused: bool, timing: dict | None) -> str:
-    """Which decoder step the searches run, and the measurement that chose it."""
+def _decoder_step(fused: bool, timing: dict | None, dtype: str) -> str:
+    """Which decoder step the searches run in dtype, and the measurement that chose it."""
     chosen = "fused (LstmStep, ProjectTopK)" if fused else "unfused (TensorFlow's matmuls)"
     if timing is None:
         return f"{chosen}, forced by TRANSLATOR_FUSED_STEP"
     if "error" in timing:
         return f"{chosen}: timing the fused step failed ({timing['error']})"
     return (f"{chosen}: measured {sum(timing['fused_ms']):.1f} ms fused against "
-            f"{sum(timing['unfused_ms']):.1f} ms unfused per step at the base preset's sizes")
+            f"{sum(timing['unfused_ms']):.1f} ms unfused per step in {dtype} at the base "
+            "preset's sizes")
 
 
 def _cpu_count() -> int:
@@ -71,8 +75,8 @@ def _cpu_count() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m translator info", description=__doc__)
     parser.add_argument("--rebuild", action="store_true",
-                        help="build the compiled kernels again, even where a build failed, "
-                        "and time the fused decoder step again")
+                        help="try the kernels' build again where it failed (a built library "
+                        "is kept), and time the fused decoder step again")
     args = parser.parse_args(argv)
     rows = report(rebuild=args.rebuild)
     width = max(len(label) for label, _ in rows)

@@ -6,9 +6,9 @@ product. Where TensorFlow's matmul is faster than that product (Intel's AMX unit
 oneDNN's bfloat16 matmuls; a hypervisor that takes CPU time from one of the op's two
 threads stalls the other), the unfused step (TensorFlow's matmuls, then the LstmCell and
 TopKLogNorm kernels) can win. So the two are timed against each other once per machine
-and library, at the `base` preset's sizes for beam 5 and for greedy search, and the
-result is cached beside the library (kernels-<key>.tuning.json). TRANSLATOR_FUSED_STEP=1
-or 0 forces the choice.
+and library, at the `base` preset's sizes for beam 5 and for greedy search, in the
+model's dtype, and the result is cached beside the library (kernels-<key>.tuning.json, one
+entry per dtype). TRANSLATOR_FUSED_STEP=1 or 0 forces the choice (translator.native).
 """
 
 from __future__ import annotations
@@ -30,38 +30,33 @@ SIZES = ((1280, 256, 512, 8000), (256, 256, 512, 8000))
 REPEATS = 7
 
 
-def forced() -> bool | None:
-    """TRANSLATOR_FUSED_STEP as a bool, None when unset or 'auto'."""
-    value = os.environ.get("TRANSLATOR_FUSED_STEP", "auto").strip().lower()
-    if value in ("", "auto"):
-        return None
-    return value not in ("0", "false", "no", "off")
-
-
-def decide(lib: Any, cache_file: Path) -> dict:
-    """{"fused": bool, "fused_ms": [...], "unfused_ms": [...]} from cache_file, or measured
-    now (out of any graph being traced) and written there where it can be."""
+def decide(lib: Any, cache_file: Path, dtype: str) -> dict:
+    """{"fused": bool, "fused_ms": [...], "unfused_ms": [...], ...} for weights of dtype
+    ("float32" or "bfloat16"): from cache_file, or measured now (out of any graph being
+    traced) and added to it where it can be written."""
     try:
         cached = json.loads(cache_file.read_text())
-        if isinstance(cached.get("fused"), bool):
-            return cached
     except (OSError, ValueError):
-        pass
+        cached = {}
+    cached = cached if isinstance(cached, dict) else {}
+    entry = cached.get(dtype)
+    if isinstance(entry, dict) and isinstance(entry.get("fused"), bool) and all(
+            isinstance(entry.get(key), list) for key in ("fused_ms", "unfused_ms")):
+        return entry
     with tf.init_scope():
-        result = measure(lib)
+        entry = measure(lib, tf.as_dtype(dtype))
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.write_text(json.dumps({**cached, dtype: entry}, indent=1) + "\n")
         os.replace(tmp, cache_file)
-    except OSError:  # a read-only cache: measured again by the next process
+    except OSError:  # a read-only cache: timed again by the next process
         tmp.unlink(missing_ok=True)
-    return result
+    return entry
 
 
-def measure(lib: Any) -> dict:
-    """Median milliseconds of one decoder step, fused and unfused, at each of SIZES (the
-    two timed in turn), and which is faster in sum."""
-    dtype = tf.bfloat16 if cpu.has_bfloat16_math() else tf.float32
+def measure(lib: Any, dtype: tf.DType) -> dict:
+    """Median milliseconds of one decoder step in dtype, fused and unfused, at each of
+    SIZES (the two timed in turn), and which is faster in sum."""
     fused_ms, unfused_ms = [], []
     for rows, inputs, units, vocab in SIZES:
         fused, unfused = _steps(lib, dtype, rows, inputs, units, vocab)

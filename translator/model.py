@@ -175,7 +175,8 @@ class Seq2Seq(keras.Model):
         them in the decoder state, so a search casts them once, not once per step (under
         mixed precision each cast of the embedding table alone cost 0.4 ms per step).
         search=True adds them packed for the searches' fused kernels (the decoder LSTMs'
-        LstmStep, the output projection's ProjectTopK), where those are available."""
+        LstmStep, the output projection's ProjectTopK), where the searches run the fused
+        step (translator.native.fused_step)."""
         dtype = self.compute_dtype
         weights = {
             "embedding": ops.cast(self.tgt_embedding.embeddings, dtype),
@@ -236,9 +237,9 @@ class Seq2Seq(keras.Model):
         Returns logits [batch, tgt_vocab], the new state, attention weights [batch, src_len].
         The logits are float32, or with float32_logits=False in the compute dtype (the
         searches read bfloat16 logits directly: no cast of a vocabulary-wide tensor).
-        projection=True, with a state from encode(..., search=True) where the kernels are
-        available: a translator.top_k.Projection instead, the logits left for the searches'
-        top-k kernel to compute (and never write out).
+        projection=True, with a state from encode(..., search=True) where the fused step
+        runs (translator.native.fused_step): a translator.top_k.Projection instead, the
+        logits left for the searches' top-k kernel to compute (and never write out).
         """
         table = state["weights"]["embedding"]
         embedded = ops.take(table, tokens, axis=0) * ops.cast(self.embed_scale, table.dtype)

@@ -43,7 +43,6 @@ id order; dropout draws other, equally likely masks). status() says which, and w
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any
@@ -53,15 +52,14 @@ import tensorflow as tf
 from translator import kernel_build, kernel_tuning
 
 _lock = threading.Lock()
-# "module": the loaded op library or None, "why": the reason, "library": its path,
-# "tuning": kernel_tuning's decision
+# "module": the loaded op library or None, "why": the reason, "plan": its
+# kernel_build.Build, "tuning": {dtype: kernel_tuning's decision}
 _state: dict[str, Any] = {}
 
 
 def enabled() -> bool:
     """False when TRANSLATOR_NATIVE is set to 0 (or false/no/off)."""
-    return os.environ.get("TRANSLATOR_NATIVE", "1").strip().lower() not in ("0", "false", "no",
-                                                                            "off")
+    return kernel_build.env_switch("TRANSLATOR_NATIVE", "1") is not False
 
 
 def _load(retry: bool = False) -> tuple[Any | None, str]:
@@ -71,18 +69,22 @@ def _load(retry: bool = False) -> tuple[Any | None, str]:
         return None, "no C++ compiler found (install g++ or set CXX)"
     if not kernel_build.sources():
         return None, f"no kernel sources in {kernel_build.SOURCE_DIR}"
-    plan = kernel_build.plan(compiler)
-    _state["library"] = plan.library
-    if retry:  # and measure the fused step again
-        plan.library.with_suffix(".tuning.json").unlink(missing_ok=True)
     try:
+        plan = _state["plan"] = kernel_build.plan(compiler)
+        if retry:  # and time the fused step again
+            plan.tuning.unlink(missing_ok=True)
         kernel_build.ensure_built(plan, retry=retry)
         return tf.load_op_library(str(plan.library)), "on"
     except kernel_build.BuildError as error:
         return None, (f"the build failed ({error}); log: {plan.log}; retry: "
                       "python -m translator info --rebuild")
-    except (OSError, RuntimeError, tf.errors.OpError) as error:
+    except Exception as error:  # noqa: BLE001 -- whatever stops the kernels, TF's ops run
         return None, f"{type(error).__name__}: {error}"
+
+
+def build_plan() -> kernel_build.Build | None:
+    """The build the kernels were loaded from (or failed in), once library() has run."""
+    return _state.get("plan")
 
 
 def library(retry: bool = False) -> Any | None:
@@ -141,36 +143,39 @@ def pack_weights(weights: Any, layout: str = "dense") -> Any | None:
     return lib.pack_weights(weights, layout=layout)
 
 
-def fused_step() -> bool:
-    """Whether the searches run the fused decoder step (LstmStep, ProjectTopK) here: where
-    the kernels are on and, unless TRANSLATOR_FUSED_STEP forces it, where it measured
-    faster than the unfused step on this machine (translator.kernel_tuning, once per
-    machine and library)."""
-    lib, choice = library(), kernel_tuning.forced()
+def fused_step(dtype: str = "bfloat16") -> bool:
+    """Whether the searches run the fused decoder step (LstmStep, ProjectTopK) for weights
+    of dtype here: where the kernels are on and, unless TRANSLATOR_FUSED_STEP forces it,
+    where it measured faster than the unfused step on this machine (kernel_tuning, once
+    per machine, library and dtype)."""
+    lib, choice = library(), kernel_build.env_switch("TRANSLATOR_FUSED_STEP", "auto")
+    if dtype not in _KERNEL_DTYPES:
+        return False
     if lib is None or choice is not None:
         return lib is not None and bool(choice)
     with _lock:
-        if "tuning" not in _state:
+        tuning = _state.setdefault("tuning", {})
+        if dtype not in tuning:
             try:
-                _state["tuning"] = kernel_tuning.decide(
-                    lib, _state["library"].with_suffix(".tuning.json"))
-            except (tf.errors.OpError, ValueError, RuntimeError) as error:
+                tuning[dtype] = kernel_tuning.decide(lib, _state["plan"].tuning, dtype)
+            except Exception as error:  # noqa: BLE001 -- a timing only: run the plain step
                 print(f"translator: timing the fused decoder step failed ({error}); the "
                       "searches run the unfused step", file=sys.stderr, flush=True)
-                _state["tuning"] = {"fused": False, "error": str(error)}
-    return _state["tuning"]["fused"]
+                tuning[dtype] = {"fused": False, "error": str(error)}
+    return tuning[dtype]["fused"]
 
 
-def fused_step_timing() -> dict | None:
-    """The measurement behind fused_step() (kernel_tuning.measure's result), or None when
-    it was not measured (kernels off, or the choice forced)."""
-    return _state.get("tuning")
+def fused_step_timing(dtype: str = "bfloat16") -> dict | None:
+    """The measurement behind fused_step(dtype) (kernel_tuning.measure's result), or None
+    when there was none (kernels off, the choice forced, or not asked yet)."""
+    return _state.get("tuning", {}).get(dtype)
 
 
 def pack_for_search(weights: Any, layout: str = "dense") -> Any | None:
-    """pack_weights where the searches run the fused step (fused_step()), else None: the
-    caller then runs the unfused step."""
-    return pack_weights(weights, layout) if fused_step() else None
+    """pack_weights where the searches run the fused step for weights' dtype, else None:
+    the caller then runs the unfused step."""
+    dtype = weights.dtype.name
+    return pack_weights(weights, layout) if fused_step(dtype) else None
 
 
 @tf.autograph.experimental.do_not_convert

@@ -1,62 +1,99 @@
 """Keeps TensorFlow's C++ start-up lines off the terminal.
 
 Importing TensorFlow prints lines such as 'All log messages before absl::InitializeLog()
-is called are written to STDERR', the oneDNN notice, 'Could not find cuda drivers' and
-'failed call to cuInit' straight to file descriptor 2, before TF_CPP_MIN_LOG_LEVEL is
-read. `import translator` installs a hook that runs TensorFlow's import (and its device
-probe) with descriptor 2 sent to a temporary file, then writes back every line that is not
-one of those known start-up lines: a real error still reaches the terminal.
+is called are written to STDERR', the oneDNN notice and 'Could not find cuda drivers'
+straight to file descriptor 2, before TF_CPP_MIN_LOG_LEVEL is read. `import translator`
+installs a hook that runs TensorFlow's import (and its device probe) with descriptor 2
+piped through a small filter process: it drops those known lines and passes every other
+line on at once. Being a process of its own, it still passes on what a crashing import
+wrote last. Where the filter cannot be set up, TensorFlow is imported as usual.
 """
 
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
+import importlib.util
 import os
-import re
+import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 
-STARTUP_NOISE = re.compile(
-    r"absl::InitializeLog\(\)|oneDNN custom operations are on|Could not find cuda drivers"
-    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning"
-    r"|computation placer already registered|cpu_feature_guard|This TensorFlow binary is "
-    r"optimized|To enable the following instructions|rebuild TensorFlow with the appropriate")
+# Exact notices (INFO and WARNING level, or the CUDA probe on a machine without a GPU).
+STARTUP_NOISE = (
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|failed call to cuInit"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning: Could not find TensorRT"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
+)
+
+# The filter: stdin line by line to stdout, less the lines matching argv[1].
+_FILTER = (
+    "import re, sys\n"
+    "noise = re.compile(sys.argv[1].encode())\n"
+    "for line in sys.stdin.buffer:\n"
+    "    if not noise.search(line):\n"
+    "        sys.stdout.buffer.write(line)\n"
+    "        sys.stdout.buffer.flush()\n"
+)
 
 
 @contextmanager
 def startup_lines_filtered():
-    """Runs the body with file descriptor 2 captured; afterwards writes the captured lines
-    that are not TensorFlow start-up noise to stderr."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
+    """Runs the body with file descriptor 2 piped through the filter process (see the
+    module docstring); without it (no interpreter to run, descriptors unavailable) the
+    body runs unfiltered."""
+    try:
+        if sys.stderr is not None:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
-                    if not STARTUP_NOISE.search(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        read_end, write_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-S", "-c", _FILTER, STARTUP_NOISE], stdin=read_end,
+                stdout=saved, stderr=subprocess.DEVNULL, close_fds=True)
+        finally:
+            os.close(read_end)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        os.close(saved)
+        yield
+        return
+    try:
+        yield
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the filter drains and ends
+        os.close(saved)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a child process holds the pipe: let it be
+            pass
 
 
 class _QuietLoader(importlib.abc.Loader):
     """Wraps tensorflow's own loader: its import and device probe run filtered."""
 
-    def __init__(self, loader: importlib.abc.Loader):
-        self.loader = loader
+    def __init__(self, loader, finder: _QuietFinder):
+        self.loader, self.finder = loader, finder
+
+    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the wrapped one's
+        return getattr(self.loader, name)
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        self.finder.remove()
         with startup_lines_filtered():
             self.loader.exec_module(module)
             # the CUDA probe ('failed call to cuInit') runs on the first look at devices;
@@ -68,16 +105,28 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds the top-level tensorflow package once and hands it _QuietLoader."""
+    """Hands the top-level tensorflow package _QuietLoader, its spec found by the other
+    finders. Stays installed until tensorflow is actually imported (a find_spec probe
+    alone does not use it up)."""
+
+    def __init__(self):
+        self.busy = False
 
     def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self.busy:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
 
 def install() -> None:

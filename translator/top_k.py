@@ -25,8 +25,8 @@ _CHUNK = 32  # values per chunk in row_top_k (about: see _chunk_size)
 
 class Projection(NamedTuple):
     """Logits features @ W + bias, not computed yet: W [depth, vocab] packed by
-    translator.native.pack_weights (once per search). Made only where the kernels are
-    available (see translator.model.Seq2Seq.decode_step)."""
+    translator.native.pack_for_search (once per search). Made only where the searches run
+    the fused step (translator.native.fused_step; see Seq2Seq.decode_step)."""
 
     features: tf.Tensor  # [N, depth], float32 or bfloat16 (W's dtype)
     packed: tf.Tensor  # int32 words

@@ -1,5 +1,5 @@
 // What the project's kernels (translator/csrc/*.cc, compiled into one library by
-// translator/native.py) share: float vectors as wide as the machine's registers, loads and
+// translator/kernel_build.py) share: float vectors as wide as the machine's registers, loads and
 // stores of float32 and bfloat16, exp, sigmoid and tanh, and the registration of an op for
 // both dtypes.
 //
