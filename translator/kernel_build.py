@@ -3,26 +3,28 @@
 The library is built on first use with the machine's C++ compiler against the installed
 TensorFlow, for an instruction set chosen explicitly (translator.cpu.isa_flags: the x86-64
 level the CPU has, plus AVX-512 BF16 where present; $TRANSLATOR_MARCH names another
-target, e.g. x86-64-v3 for a cache shared with AVX2 machines). Extensions that a target
-turns on but TensorFlow's headers cannot take (AVX-512 FP16 with GCC 12) are switched off.
+target, e.g. x86-64-v3 for a cache that machines of different CPUs share). Extensions that
+a target turns on but TensorFlow's headers cannot take (AVX-512 FP16 with GCC 12) are
+switched off.
 
 Everything is keyed by the sources, TensorFlow, the compiler and its version, the flags and
-the CPU, and cached in translator.paths.kernel_cache():
+(unless $TRANSLATOR_MARCH is set) the CPU, and cached in translator.paths.kernel_cache():
 
-    kernels-<key>.so      the library, written under a temporary name and renamed
-    kernels-<key>.log     the compiler's full output of the last build
-    kernels-<key>.failed  the marker of a failed build: later processes do not retry it
-                          (`python -m translator info --rebuild` does)
-
-Concurrent processes wait on a lock for the one that builds.
+    kernels-<key>.so           the library, written under a temporary name and renamed
+    kernels-<key>.log          the compiler's full output of the last build
+    kernels-<key>.failed       the marker of a failed build: later processes do not retry
+                               it (`python -m translator info --rebuild` does); a compiler
+                               killed or timed out leaves none
+    kernels-<key>.lock         concurrent processes wait on it for the one that builds
+    kernels-<key>.tuning.json  translator.kernel_tuning's timing of the fused step
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +44,8 @@ _BREAKING_MACROS = {"__AVX512FP16__": "-mno-avx512fp16"}
 # A compiler's output lines that say what went wrong, and those that say it was killed or
 # ran out of memory (a failure of the moment: no marker, the next process tries again).
 _ERROR_LINE = re.compile(r": (fatal )?error: ")
-_TRANSIENT = re.compile(r"Killed signal|out of memory|virtual memory exhausted|timed out")
+_TRANSIENT = re.compile(
+    r"Killed signal|killed by signal|out of memory|virtual memory exhausted|timed out")
 
 
 def env_switch(name: str, default: str) -> bool | None:
@@ -182,7 +185,7 @@ def compile_objects(compiler: str, flags: list[str] | tuple[str, ...], out_dir: 
 
 def _start(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
 
 
 def _finish(name: str, command: list[str], process: subprocess.Popen, log: list[str]) -> str:
@@ -224,7 +227,7 @@ def build(plan_: Build) -> None:
             os.replace(tmp, target)
     except BuildError as error:
         plan_.log.write_text("".join(log))
-        if not _TRANSIENT.search(str(error)) and "killed by signal" not in str(error):
+        if not _TRANSIENT.search(str(error)):
             plan_.marker.write_text(f"{error}\n")
         raise
     plan_.log.write_text("".join(log))
