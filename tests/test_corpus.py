@@ -60,10 +60,12 @@ def test_registry_lists_exactly_the_multi30k_splits_and_languages():
 
 
 def test_registry_checksums_match_the_mirror_readme(mirror):
+    """The mirror's README lists each file's sha256; the registry must agree with it (a
+    mirror without its README is an incomplete copy of the official downloads)."""
     readme = mirror / "README.md"
-    if not readme.exists():
-        pytest.skip(f"{readme} is not there to compare with")
+    assert readme.exists(), f"{readme} is missing: the mirror is incomplete"
     listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", readme.read_text(encoding="utf-8"), re.M)
+    assert listed, f"{readme} lists no checksums"
     documented = {name: sha for sha, name in listed}
     registry = {name: spec.sha256 for c in CORPORA.values() for name, spec in c.files.items()}
     assert registry == documented
