@@ -110,7 +110,7 @@ def eager_greedy(model, source: Any, limits: Any) -> list[list[int]]:
     import numpy as np
     import tensorflow as tf
 
-    from translator.tokenizer import BOS_ID, EOS_ID
+    from translator.data.tokenizer import BOS_ID, EOS_ID
 
     _, _, state = model.encode(tf.constant(source), training=False)
     tokens = np.full(len(source), BOS_ID, np.int32)
@@ -160,7 +160,7 @@ class Sentence:
         As translator.search does: only the best `beam` candidates may finish (on EOS, or
         any token once the length limit is reached), the best `beam` others stay alive.
         """
-        from translator.tokenizer import EOS_ID
+        from translator.data.tokenizer import EOS_ID
 
         forced = t + 1 >= self.limit
         hyps, alive, parents, tokens = [], [], [], []
@@ -193,7 +193,7 @@ def eager_beam(model, source: Any, limits: Any, beam: int, alpha: float) -> list
     import tensorflow as tf
 
     from translator.model import SHARED_KEYS, STATIC_KEYS
-    from translator.tokenizer import BOS_ID, PAD_ID
+    from translator.data.tokenizer import BOS_ID, PAD_ID
 
     _, _, state = model.encode(tf.constant(source), training=False)
     state = {k: v if k in SHARED_KEYS else tf.nest.map_structure(
@@ -228,10 +228,10 @@ def eager_run(translator, texts: list[str], beam: int, batch_size: int
     Translator makes them, search), and the output pieces in input order."""
     import numpy as np
 
-    from translator.pipeline import encode_sources, pad
+    from translator.data.pipeline import encode_sources, pad
 
     start = time.perf_counter()
-    sources = encode_sources(translator.tokenizer, texts)
+    sources = encode_sources(translator.data.tokenizer, texts)
     order = np.argsort([len(s) for s in sources], kind="stable")
     out: list[list[str]] = [[] for _ in texts]
     alpha = translator.config.decoding.length_penalty
@@ -244,7 +244,7 @@ def eager_run(translator, texts: list[str], beam: int, batch_size: int
         else:
             ids = eager_beam(translator.model, source, limits, beam, alpha)
         for i, hyp in zip(batch, ids):
-            out[i] = translator.tokenizer.pieces(hyp)
+            out[i] = translator.data.tokenizer.pieces(hyp)
     return time.perf_counter() - start, out
 
 
@@ -260,10 +260,10 @@ def decode_work(translator, texts: list[str], pieces: list[list[str]], beam: int
     """
     import numpy as np
 
-    from translator.pipeline import encode_sources
+    from translator.data.pipeline import encode_sources
 
     d = flops.Dims.of(translator.model)
-    src = np.array([len(s) for s in encode_sources(translator.tokenizer, texts)])
+    src = np.array([len(s) for s in encode_sources(translator.data.tokenizer, texts)])
     out = np.array([len(p) for p in pieces])
     forced = out >= max_lengths(translator, src)
     steps = out + ~forced

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from translator import cpu
+from translator.kernels import cpu
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -234,7 +234,7 @@ def print_machine() -> dict[str, Any]:
     """Prints the machine line (and the not-quiet warning, if any); returns machine().
     The machine is judged quiet or not before the kernels are compiled (that build, ~25 s
     on first use, loads the CPUs itself)."""
-    from translator import native
+    from translator.kernels import library as native
 
     wait_until_quiet()
     info = machine()
@@ -294,7 +294,7 @@ def _jsonable(value: Any) -> Any:
 
 def multi30k(split: str, limit: int | None = None) -> list[tuple[str, str]]:
     """English-German pairs of a Multi30k split (mirror: $TRANSLATOR_MIRROR), first `limit`."""
-    from translator.corpus import load_corpus
+    from translator.data.corpus import load_corpus
 
     pairs = load_corpus("multi30k", split, "en", "de")
     return pairs[:limit] if limit else pairs
@@ -305,8 +305,8 @@ def bench_tokenizer(vocab_size: int, train_limit: int | None = None):
 
     Cached under bench/results/tmp/ (git-ignored) by vocabulary size and training-pair limit.
     """
-    from translator.corpus import clean_pairs
-    from translator.tokenizer import Tokenizer
+    from translator.data.corpus import clean_pairs
+    from translator.data.tokenizer import Tokenizer
 
     folder = TMP_DIR / f"spm-multi30k-en-de-{vocab_size}-{train_limit or 'all'}"
     if (folder / "spm.model").exists():

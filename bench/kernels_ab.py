@@ -1,4 +1,4 @@
-"""Decoding speed with the compiled kernels (translator/native.py) against TensorFlow's ops,
+"""Decoding speed with the compiled kernels (translator/kernels) against the plain path,
 and against the kernels without the searches' fused ones, in one run.
 
 This machine's speed drifts by 10-20% over minutes, so the two variants are built side by
@@ -9,7 +9,7 @@ over the 1,000 sentences alternate between the variants (sentences/s, medians). 
 "unfused" variant has every kernel but the searches' fused ones (LstmStep, ProjectTopK:
 nothing packed, so the decoder step runs a matmul, LstmCell, the output matmul and
 TopKLogNorm); "kernels" forces the fused step. Which of the two the product runs by
-default is decided once per machine (translator.kernel_tuning); the run prints that
+default is decided once per machine (translator.kernels.tuning); the run prints that
 choice beside the measured speeds, so that one can see the default is the faster. For
 training, bench/train_ablation.py turns off each kernel (and the fused Adam) alone.
 

@@ -10,12 +10,14 @@ bench/train_speed.py builds them).
 
 Variants (each turns off what it names):
   shipped         everything on
-  keras-adam      translator.optimizer.FusedAdam -> keras.optimizers.Adam
+  keras-adam      translator.train.optimizer.FusedAdam -> keras.optimizers.Adam
   keras-dropout   the SeededDropout kernel -> Keras' dropout
-  xla-loss        the SmoothedCrossEntropy kernel -> the XLA-compiled TensorFlow ops
-  tf-lstm-loop    the LstmSequence kernels -> TensorFlow's loop over time steps (tf.scan;
-                  each step a MatMul and the gates' element-wise ops), as without kernels
-  none            all of the above: TRANSLATOR_NATIVE=0 and Keras' Adam
+  plain-loss      the SmoothedCrossEntropy kernel -> the plain loss (TensorFlow's fused
+                  softmax cross-entropy against the smoothed targets)
+  tf-lstm-loop    the LstmSequence kernels -> the plain loop over time steps (tf.scan;
+                  each step a MatMul and the gates' element-wise ops, differentiated by
+                  TensorFlow), as without kernels
+  none            all of the above: the plain path (TRANSLATOR_NATIVE=0) and Keras' Adam
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/train_ablation.py
 """
@@ -35,7 +37,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
     "shipped": ((), False),
     "keras-adam": ((), True),
     "keras-dropout": (("dropout",), False),
-    "xla-loss": (("smoothed_cross_entropy",), False),
+    "plain-loss": (("smoothed_cross_entropy",), False),
     "tf-lstm-loop": (("lstm_sequence",), False),
     "none": (("*",), True),
 }
@@ -52,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def switched_off(names: tuple[str, ...]):
-    """translator.native's named functions return None (the callers' TensorFlow-ops path)
+    """translator.kernels.library's named functions return None (the plain operations run)
     inside the block; "*" sets TRANSLATOR_NATIVE=0 instead."""
-    from translator import native
+    from translator.kernels import library as native
 
     saved = {name: getattr(native, name) for name in names if name != "*"}
     before = os.environ.get("TRANSLATOR_NATIVE")

@@ -1,7 +1,7 @@
 """Training throughput of the translator, in target tokens per second.
 
 Measures `model.train_on_batch` on a fixed sequence of real Multi30k en-de batches
-(8k joint SentencePiece vocabulary, batches planned by translator.pipeline.TrainingBatches
+(8k joint SentencePiece vocabulary, batches planned by translator.data.pipeline.TrainingBatches
 from a seed), compiled exactly as translator/training.py compiles it, after a warm-up.
 Target tokens are the non-pad labels, EOS included (what the loss sees). Two sizes:
 
@@ -69,8 +69,8 @@ def real_batches(tokenizer, config, count: int, train_limit: int | None) -> list
     needed), as tensors ({source, target_in}, target_out)."""
     import tensorflow as tf
 
-    from translator.corpus import clean_pairs
-    from translator.pipeline import TrainingBatches, encode_pairs, make_batch
+    from translator.data.corpus import clean_pairs
+    from translator.data.pipeline import TrainingBatches, encode_pairs, make_batch
 
     pairs, _ = clean_pairs(flops.multi30k("train", train_limit), config.data.max_chars,
                            config.data.max_ratio)
@@ -93,7 +93,7 @@ def compiled_model(config, tokenizer):
     """A fresh model, seeded, built and compiled exactly as a training run does."""
     import keras
 
-    from translator.training import compiled_model as training_model
+    from translator.train.run import compiled_model as training_model
 
     keras.utils.set_random_seed(config.training.seed)
     return training_model(config, tokenizer)

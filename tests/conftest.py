@@ -28,7 +28,7 @@ def mirror() -> Path:
 @pytest.fixture(scope="session")
 def multi30k_slice():
     """The first 2,000 English-German training pairs and the first 100 test pairs."""
-    from translator.corpus import load_corpus
+    from translator.data.corpus import load_corpus
 
     return {
         "train": load_corpus("multi30k", "train", "en", "de")[:2000],
@@ -46,7 +46,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_config) -> Path:
     """A model folder trained with the tiny preset on a real 2,000-pair Multi30k slice."""
-    from translator.training import train
+    from translator.train.run import train
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
     train(tiny_config, folder, verbose=0, log=lambda message: None)

@@ -1,4 +1,4 @@
-"""Tests for translator.corpus on the real corpora in the mirror (and small files in tmp_path).
+"""Tests for translator.data.corpus on the real corpora in the mirror (and small files in tmp_path).
 
 Files fetched for a test go to an isolated cache under tmp_path, so a test never depends on,
 or leaves anything in, the project's data/corpora cache.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from translator.config import DataConfig
-from translator.corpus import (
+from translator.data.corpus import (
     CORPORA,
     TATOEBA_HELD_OUT,
     CleanReport,
@@ -365,7 +365,7 @@ def test_tatoeba_split_is_independent_of_line_order(tatoeba):
 def _split_digest(mirror: Path, cache: Path) -> str:
     code = (
         "import hashlib, sys\n"
-        "from translator.corpus import load_corpus\n"
+        "from translator.data.corpus import load_corpus\n"
         "digest = hashlib.sha256()\n"
         "for split in ('train', 'dev', 'test'):\n"
         "    for en, zh in load_corpus('tatoeba-cmn-eng', split, 'en', 'zh', sys.argv[1],"

@@ -1,4 +1,4 @@
-"""Building the kernels (translator.kernel_build): the instruction set chosen explicitly,
+"""Building the kernels (translator.kernels.build): the instruction set chosen explicitly,
 sources that compile for every CPU class we ship to, a build decided once, and caches that
 work after a normal install.
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from translator import cpu, kernel_build, native, paths
+from translator import paths
+from translator.kernels import build as kernel_build, cpu, library as native
 
 SAPPHIRE_RAPIDS = frozenset(
     "avx avx2 bmi1 bmi2 f16c fma abm movbe xsave cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3 "

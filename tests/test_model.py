@@ -77,20 +77,29 @@ def test_teacher_forced_logits_equal_step_by_step_logits(attention, input_feedin
     np.testing.assert_allclose(stepped[REAL_TARGET], forced[REAL_TARGET], atol=1e-5)
 
 
-def test_keys_are_projected_once_per_sentence_in_the_state():
-    model = make_model(attention="general")
-    _, _, state = model.encode(batch()["source"])
-    _, new_state, _ = model.decode_step(np.array([2, 2], "int32"), state)
-    assert new_state["keys"] is state["keys"] and new_state["memory"] is state["memory"]
+def test_a_search_computes_keys_and_step_weights_once_per_batch(tiny_translator, monkeypatch):
+    """The attention keys (a projection of the whole memory) and the decoder's cast
+    weights are computed once when a batch is encoded, not at every decoder step: a
+    search of many steps calls each once when it is traced, and the weights it reads are
+    in the compute dtype."""
+    from translator.translator import Translator
 
+    model = tiny_translator.model
+    calls = {"keys": 0, "step_weights": 0}
+    for owner, name in ((model.attention, "keys"), (model, "step_weights")):
+        original = getattr(owner, name)
 
-def test_step_weights_are_cast_once_and_passed_along_unchanged():
-    model = make_model(dtype="mixed_bfloat16")
-    _, _, state = model.encode(batch()["source"])
-    _, new_state, _ = model.decode_step(np.array([2, 2], "int32"), state)
-    assert new_state["weights"] is state["weights"]
-    leaves = tf.nest.flatten(state["weights"])
-    assert leaves and all(leaf.dtype == "bfloat16" for leaf in leaves)
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, counted)
+    fresh = Translator(model, tiny_translator.tokenizer, tiny_translator.config)
+    out = fresh.translate(["A man is riding a bicycle down the street.", "Two dogs."],
+                          beam=3)
+    assert len(out) == 2 and calls == {"keys": 1, "step_weights": 1}
+    weights = model.step_weights(training=False)
+    assert weights["embedding"].dtype == model.compute_dtype
+    assert weights["attentional"][0].dtype == model.compute_dtype
 
 
 @pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])
@@ -181,18 +190,14 @@ def test_loss_gradient_equals_autodiff_of_the_plain_formula(smoothing):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("sequence_op", [True, False])
-def test_lstm_backward_pass_equals_autodiff_of_the_step_loop(sequence_op, reverse, monkeypatch):
-    """The hand-written backward pass of translator.recurrence (the LstmSequence op where
-    the kernels are available, else the tf.scan loops) against TensorFlow's own gradients
-    of a plain Python loop of cells, for every input, with a loss that reads both the h
-    and the c sequences (as the encoder does at each sentence's end); forwards, and
-    reversed over rows of different lengths (the encoder's backward direction)."""
-    from translator import native
-    from translator.recurrence import lstm_cell, lstm_sequence
+def test_lstm_sequence_equals_a_python_loop_of_textbook_cells(reverse):
+    """translator.model.lstm.lstm_sequence (the input projection before a tf.scan; rows
+    reversed up to their lengths for the encoder's backward direction) against a plain
+    Python loop of lstm_cell over x_t W_x + h_{t-1} W_h + b: the same states, and the same
+    TensorFlow gradients for every input, with a loss that reads both the h and the c
+    sequences (as the encoder does at each sentence's end)."""
+    from translator.model.lstm import lstm_cell, lstm_sequence
 
-    if not sequence_op:
-        monkeypatch.setattr(native, "lstm_sequence", lambda *args: None)
     time, rows, inputs, units = 6, 3, 5, 4
     lengths = tf.constant([6, 2, 4]) if reverse else tf.fill([rows], time)
     rng = np.random.default_rng(0)
@@ -231,113 +236,10 @@ def test_lstm_backward_pass_equals_autodiff_of_the_step_loop(sequence_op, revers
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-6)
 
 
-@pytest.mark.parametrize("input_feeding", [False, True])
-def test_kernel_and_tf_ops_give_the_same_gradients(input_feeding, monkeypatch):
-    """A training step's gradients through the compiled LSTM kernels (lstm_sequence's
-    own backward; with input feeding, LstmCell's registered gradient inside the loop over
-    decoder steps) equal those through TensorFlow's ops, in a traced function."""
-    labels = np.array([[11, 12, 13, 3], [14, 3, 0, 0]], "int32")
-    gradients = {}
-    for flag in ("1", "0"):
-        monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
-        model = make_model(attention="general", input_feeding=input_feeding)
-        loss_fn = MaskedCrossEntropy(label_smoothing=0.1)
-
-        @tf.function
-        def grads(inputs):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(labels, model(inputs, training=True))
-            return tape.gradient(loss, model.trainable_variables)
-
-        gradients[flag] = [g.numpy() for g in grads(batch())]
-    for with_kernels, with_ops in zip(gradients["1"], gradients["0"]):
-        np.testing.assert_allclose(with_kernels, with_ops, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("kind", ["dot", "general"])
-def test_attention_outside_training_kernel_equals_tf_ops(kind, monkeypatch):
-    """Outside training the attention runs on the compiled kernel where it is available
-    (translator.native.grouped_attention); in float32 it agrees with TensorFlow's ops, for
-    whole target sequences and for a beam's grouped queries, padding masked, and with
-    rows naming the stored sentences each group reads."""
-    from translator.layers import Attention
-
-    rng = np.random.default_rng(3)
-    layer = Attention(kind, 16, 16)
-    memory = tf.constant(rng.normal(size=(3, 6, 16)).astype("float32"))
-    mask = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])
-    keys = layer.keys(memory)
-    cases = [((3, 5, 16), None), ((3 * 4, 1, 16), None),  # 5 target positions; a beam of 4
-             ((2 * 4, 1, 16), tf.constant([2, 0]))]  # a beam of 4 over stored rows 2 and 0
-    for query_shape, rows in cases:
-        query = tf.constant(rng.normal(size=query_shape).astype("float32"))
-        results = {}
-        for flag in ("1", "0"):
-            monkeypatch.setenv("TRANSLATOR_NATIVE", flag)
-            results[flag] = layer(query, keys, memory, mask, training=False, rows=rows)
-        for kernel_out, ops_out in zip(results["1"], results["0"]):
-            np.testing.assert_allclose(kernel_out.numpy(), ops_out.numpy(), atol=1e-6)
-        if rows is None:
-            weights = results["1"][1].numpy().reshape(3, -1, 6)  # per sentence
-            assert np.all(weights[2, :, 2:] == 0) and np.all(weights[1, :, 4:] == 0)
-
-
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-@pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])
-def test_search_packed_step_equals_the_plain_step(tie_embeddings, attention, input_feeding,
-                                                  monkeypatch):
-    """encode(search=True) packs the decoder's weights for the fused kernels (LstmStep,
-    ProjectTopK); decode_step(projection=True) then gives the same LSTM states and, from
-    its Projection, the same top tokens and log-normaliser as the plain step's logits
-    (float32, within 1e-5), step after step, two decoder layers, tied or untied output."""
-    from translator import native
-    from translator.top_k import Projection, top_k_log_norm
-
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "1")
-    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", "1")  # whichever this machine would choose
-    if native.library() is None:
-        pytest.skip("the compiled kernels are not available")
-    model = make_model(attention=attention, input_feeding=input_feeding,
-                       tie_embeddings=tie_embeddings)
-    inputs = batch()
-    _, _, plain = model.encode(inputs["source"])
-    _, _, packed = model.encode(inputs["source"], search=True)
-    assert packed["weights"]["projection"] and all(
-        len(w) == 3 for w in packed["weights"]["lstm"])
-    for t in range(inputs["target_in"].shape[1]):
-        tokens = inputs["target_in"][:, t]
-        logits, plain, _ = model.decode_step(tokens, plain)
-        projection, packed, _ = model.decode_step(tokens, packed, projection=True)
-        assert isinstance(projection, Projection)
-        want = top_k_log_norm(logits, 5)
-        got = top_k_log_norm(projection, 5)
-        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
-        for a, b in [(got[0], want[0]), (got[2], want[2])]:
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-        for (h1, c1), (h2, c2) in zip(packed["lstm"], plain["lstm"]):
-            np.testing.assert_allclose(h1.numpy(), h2.numpy(), atol=1e-5)
-            np.testing.assert_allclose(c1.numpy(), c2.numpy(), atol=1e-5)
-
-
-@pytest.mark.parametrize("native_on,fused", [("0", "auto"), ("1", "0")])
-def test_search_packing_falls_back_to_logits_without_the_fused_step(monkeypatch, native_on,
-                                                                    fused):
-    """Without the kernels, or where the fused step does not pay, nothing is packed and
-    decode_step(projection=True) returns the logits (in the compute dtype), which the
-    searches read as before."""
-    monkeypatch.setenv("TRANSLATOR_NATIVE", native_on)
-    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", fused)
-    model = make_model()
-    _, _, state = model.encode(batch()["source"], search=True)
-    assert state["weights"]["projection"] == {}
-    assert all(len(w) == 2 for w in state["weights"]["lstm"])
-    logits, _, _ = model.decode_step(np.array([2, 2], "int32"), state, projection=True)
-    assert tuple(logits.shape) == (2, VOCAB)
-
-
 def test_additive_attention_with_rows_equals_the_gathered_memory():
-    """Additive attention has no kernel: with rows it gathers the stored sentences first."""
-    from translator.layers import Attention
+    """With rows, the attention reads the named stored sentences: the same as gathering
+    them first."""
+    from translator.model.layers import Attention
 
     rng = np.random.default_rng(4)
     layer = Attention("additive", 16, 16)

@@ -1,4 +1,4 @@
-"""FusedAdam (translator.optimizer) against Keras' own Adam."""
+"""FusedAdam (translator.train.optimizer) against Keras' own Adam."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator.optimizer import FusedAdam
+from translator.train.optimizer import FusedAdam
 
 
 def _run(optimizer, gradients, learning_rates):

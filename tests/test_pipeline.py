@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from translator.pipeline import TrainingBatches, encode_pairs, make_batch
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from translator.data.pipeline import TrainingBatches, encode_pairs, make_batch
+from translator.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,12 @@ from translator.search import (
     beam_search,
     greedy_search,
     max_output_lengths,
-    tile_beams,
 )
 
 VOCAB = 6
 A, B = 4, 5  # the two "word" tokens; 0-3 are pad, unk, bos, eos
 STEPS = 8  # time steps in a table; later steps reuse the last one
 HISTORY = 1.0  # weight of the prefix signature in random-table logits (state must follow beams)
-
-
-@pytest.fixture(autouse=True, params=["kernel", "tf-ops"])
-def top_k_path(request, monkeypatch):
-    """Every search test runs twice: with the compiled top-k kernel (translator.native)
-    and with TensorFlow's ops, the fallback where no compiler is available."""
-    monkeypatch.setenv("TRANSLATOR_NATIVE", "1" if request.param == "kernel" else "0")
-    return request.param
 
 
 def _logits(probs: dict[int, float]) -> np.ndarray:
@@ -132,11 +123,6 @@ def _assert_same_sentence(a: SearchResult, i: int, b: SearchResult, j: int) -> N
             np.testing.assert_allclose(
                 a.attention.numpy()[i, n, :length], b.attention.numpy()[j, n, :length]
             )
-
-
-def test_tile_beams_repeats_each_row_consecutively():
-    tiled = tile_beams(tf.constant([[1, 2], [3, 4]]), 3)
-    np.testing.assert_array_equal(tiled.numpy(), [[1, 2]] * 3 + [[3, 4]] * 3)
 
 
 def test_max_output_lengths_rounds_up_and_is_at_least_one():
@@ -395,7 +381,7 @@ def test_invalid_arguments_raise():
 def test_chunked_top_k_equals_top_k(n, k):
     """The beam's two-pass top-k (chunk maxima, then the best chunks) against
     tf.math.top_k, on random rows with repeated values and a row of -inf."""
-    from translator.top_k import row_top_k
+    from translator.search.top_k import row_top_k
 
     rng = np.random.default_rng(n)
     values = np.round(rng.normal(size=(6, n)), 1).astype("float32")  # many ties

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from translator import native
+from translator.kernels import library as native
 from translator.quiet import STARTUP_NOISE, startup_lines_filtered
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Tests for translator.tokenizer: small SentencePiece models trained on real corpus slices.
+"""Tests for translator.data.tokenizer: small SentencePiece models trained on real corpus slices.
 
 Training a 1,000-piece model on a few thousand lines takes about a second, so each model
 is trained once per module (and twice where determinism is the point).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from translator.corpus import load_corpus
-from translator.tokenizer import (
+from translator.data.corpus import load_corpus
+from translator.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     JOINT_FILE,

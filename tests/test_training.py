@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from translator import config as config_lib
-from translator.training import RunFolderError, train
+from translator.train.run import RunFolderError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # A run small enough to train twice in a test: 19 steps per epoch, 2 epochs.
@@ -136,7 +136,8 @@ def test_folder_loads_in_a_fresh_process_and_reproduces_its_dev_bleu(tiny_model)
     script = (
         "import json, sys\n"
         "from translator.translator import Translator\n"
-        "from translator import corpus, metrics\n"
+        "from translator import metrics\n"
+        "from translator.data import corpus\n"
         "t = Translator.load(sys.argv[1])\n"
         "dev = corpus.load_corpus('multi30k', 'val', 'en', 'de')[:100]\n"
         "hyps = t.translate([s for s, _ in dev], beam=int(sys.argv[2]))\n"

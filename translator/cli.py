@@ -10,8 +10,8 @@ import select
 import sys
 from collections.abc import Iterator, Sequence
 
-from translator.batch import text_of
-from translator.corpus import CorpusError, read_lines
+from translator.files import text_of
+from translator.data.corpus import CorpusError, read_lines
 
 
 def _fail(message: str) -> int:
@@ -64,7 +64,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         config = config_lib.load(args.config, args.preset, _data_overrides(args) + args.set)
     except config_lib.ConfigError as err:
         return _fail(str(err))
-    from translator.training import train
+    from translator.train.run import train
 
     try:
         result = train(config, args.output, overwrite=args.overwrite,

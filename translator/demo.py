@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from translator import corpus
+from translator.data import corpus
 from translator.translator import Translator
 
 

@@ -11,7 +11,8 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from translator import __version__, cpu, kernel_build, paths
+from translator import __version__, paths
+from translator.kernels import build as kernel_build, cpu
 
 
 def report(rebuild: bool = False) -> list[tuple[str, str]]:
@@ -20,7 +21,7 @@ def report(rebuild: bool = False) -> list[tuple[str, str]]:
     import keras
     import tensorflow as tf
 
-    from translator import native
+    from translator.kernels import library as native
     from translator.model_folder import resolve_precision
 
     if rebuild:

@@ -18,9 +18,10 @@ import keras
 import yaml
 
 from translator import config as config_lib
-from translator import cpu
+from translator import kernels
+from translator.data.tokenizer import Tokenizer, TokenizerError
+from translator.kernels import cpu
 from translator.model import Seq2Seq
-from translator.tokenizer import Tokenizer, TokenizerError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.keras"
 HISTORY_FILE, SCORES_FILE, RUN_FILE = "history.csv", "scores.json", "run.json"
@@ -50,9 +51,10 @@ def resolve_precision(precision: str) -> str:
 
 
 def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:
-    """A fresh model whose sizes come from the config and the tokenizer."""
+    """A fresh model whose sizes come from the config and the tokenizer, on this
+    machine's operations (the compiled kernels where they load)."""
     m = config.model
-    return Seq2Seq(
+    model = Seq2Seq(
         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, embedding_dim=m.embedding_dim,
         encoder_units=m.encoder_units, encoder_layers=m.encoder_layers,
         decoder_units=m.decoder_units, decoder_layers=m.decoder_layers, attention=m.attention,
@@ -60,6 +62,8 @@ def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:
         share_embeddings=m.share_embeddings and tokenizer.joint,
         dtype=resolve_precision(config.training.precision),
     )
+    model.use_operations(kernels.choose_operations())
+    return model
 
 
 def load_weights(path: Path) -> Seq2Seq:
@@ -71,11 +75,12 @@ def load_weights(path: Path) -> Seq2Seq:
         if "could not be loaded" in str(err):  # an archive whose layers do not match ours
             first = str(err).strip().splitlines()[0]
             raise ModelFolderError(
-                f"{path} does not match this version's layers (folders trained before "
-                f"2026-11-26 used Keras' own LSTM layers): retrain the model ({first})") from None
+                f"{path} does not match this version's layers (a folder written by an "
+                f"older version of the translator?): retrain the model ({first})") from None
         raise ModelFolderError(f"{path} is corrupt or not a translator model: {err}") from None
     if not isinstance(model, Seq2Seq):
         raise ModelFolderError(f"{path} holds a {type(model).__name__}, not a translator model")
+    model.use_operations(kernels.choose_operations())
     return model
 
 

@@ -18,8 +18,8 @@ from translator import search
 from translator import config as config_lib
 from translator.config import Config, DecodingConfig
 from translator.model import SHARED_KEYS, STATIC_KEYS, Seq2Seq
-from translator.pipeline import encode_sources, pad
-from translator.tokenizer import Tokenizer
+from translator.data.pipeline import encode_sources, pad
+from translator.data.tokenizer import Tokenizer
 
 # Inputs longer than this many subwords are split at sentence boundaries (then, if a
 # sentence alone is still longer, at the last space before the limit) and the pieces'
@@ -92,7 +92,7 @@ class Translator:
     def translate_file(self, src: Path | str, dst: Path | str, errors: str = "strict",
                        progress: bool = True, **options) -> int:
         """Translates a file line by line into dst (atomically); returns the line count."""
-        from translator.batch import translate_file
+        from translator.files import translate_file
 
         return translate_file(self, src, dst, errors=errors, progress=progress, **options)
 
@@ -232,7 +232,7 @@ class Translator:
         """Encodes once, then runs the search loop; the memory stays one row per sentence
         (the attention reads it for all of a sentence's hypotheses at once) and is never
         cut: the attention reads the rows of the sentences still searched."""
-        _, _, state = self.model.encode(source, training=False, search=True)
+        _, _, state = self.model.encode(source, training=False)
         sentences = {k: state[k] for k in STATIC_KEYS}
         dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
         shared = {k: state[k] for k in SHARED_KEYS}
@@ -241,8 +241,7 @@ class Translator:
             state = {**carry, **sentences, **shared}
             if rows is not None:
                 state["sentence_rows"] = rows
-            logits, new_state, weights = self.model.decode_step(
-                tokens, state, float32_logits=False, projection=True)
+            logits, new_state, weights = self.model.decode_step(tokens, state, for_search=True)
             carry = {k: new_state[k] for k in dynamic}
             return (logits, carry, weights) if attention else (logits, carry)
 

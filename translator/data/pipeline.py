@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from translator.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 @dataclass

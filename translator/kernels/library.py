@@ -32,7 +32,7 @@ The ops that split work between threads (LstmSequence, ProjectTopK, LstmStep) gi
 the op's pool threads one task and wait: a part run on the calling thread (TensorFlow's
 TransformRangeConcurrently) often shared a core with a pool thread and took twice as long.
 
-The files are compiled on first use into one library (translator.kernel_build: the
+The files are compiled on first use into one library (translator.kernels.build: the
 instruction set chosen explicitly, the build decided once per machine and cached). The
 vectors in csrc/simd.h are as wide as the CPU's registers: 16 floats with AVX-512, 8
 otherwise. Without a compiler, after a failed build, or with TRANSLATOR_NATIVE=0, every
@@ -49,7 +49,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from translator import kernel_build, kernel_tuning
+from translator.kernels import build as kernel_build, tuning as kernel_tuning
 
 _lock = threading.Lock()
 # "module": the loaded op library or None, "why": the reason, "plan": its

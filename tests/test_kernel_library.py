@@ -1,5 +1,6 @@
-"""The compiled kernels (translator.native, csrc/*.cc) against TensorFlow's own ops,
-and the fallback when they cannot be built.
+"""The compiled kernels' ops (translator.kernels.library, csrc/*.cc) one by one, against
+float64 references and TensorFlow's own ops: edge cases, refusals, the fallback when they
+cannot be built. tests/test_kernels.py holds each to the plain operation it replaces.
 
 The kernel tests need a C++ compiler (the project's machines and CI have one); without one
 they are skipped, saying so, and the searches run on TensorFlow's ops (tested below).
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator import cpu, kernel_build, native
+from translator.kernels import build as kernel_build, cpu, library as native
 
 
 @pytest.fixture
@@ -86,9 +87,9 @@ def test_kernel_refuses_k_above_vocabulary_and_wrong_rank(kernel):
 
 def test_fallback_when_the_build_fails_searches_with_tf_ops(tmp_path, monkeypatch, capsys):
     """A compiler that fails: one message naming the reason, no library left behind, and
-    top_k_log_norm returns None (translator.top_k then uses TensorFlow's ops). The build's
+    top_k_log_norm returns None (the search's own top-k then runs). The build's
     marker and log are tested in test_kernel_build.py."""
-    from translator.top_k import top_k_log_norm
+    from translator.search.top_k import top_k_log_norm
 
     failing = tmp_path / "bin" / "c++"
     failing.parent.mkdir()
@@ -165,23 +166,32 @@ def test_dropout_refuses_bad_seed_and_rate(kernel):
         lib.seeded_dropout(tf.ones([4]), tf.constant([1, 2], tf.int64), rate=1.0)
 
 
-@pytest.mark.parametrize("native_on", ["1", "0"])
-def test_dropout_layer_in_training_only_with_kernel_or_keras(monkeypatch, native_on):
-    """translator.layers.Dropout: identity outside training; in training, either path drops
-    about `rate` of the elements and scales the rest; a layer's masks follow its seed."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_dropout_layer_in_training_only_with_kernel_or_keras(compiled):
+    """translator.model.layers.Dropout: identity outside training; in training, either
+    path drops about `rate` of the elements and scales the rest; a layer's masks follow
+    its seed."""
     import keras
 
-    from translator.layers import Dropout
+    from translator.model.layers import Dropout
 
-    monkeypatch.setenv("TRANSLATOR_NATIVE", native_on)
+    def layer_of(seed):
+        layer = Dropout(0.25, seed=seed)
+        if compiled:
+            if native.library() is None:
+                pytest.skip(f"the kernels are off: {native.status()}")
+            from translator.kernels.operations import CompiledOperations
+            layer.operations = CompiledOperations()
+        return layer
+
     x = tf.ones((200, 300))
-    layer = Dropout(0.25, seed=5)
+    layer = layer_of(5)
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
     first = layer(x, training=True).numpy()
     assert abs((first != 0).mean() - 0.75) < 0.01
     np.testing.assert_allclose(first[first != 0], 1 / 0.75, rtol=1e-6)
     assert not np.array_equal(layer(x, training=True).numpy(), first)  # a new mask each call
-    np.testing.assert_array_equal(Dropout(0.25, seed=5)(x, training=True).numpy(), first)
+    np.testing.assert_array_equal(layer_of(5)(x, training=True).numpy(), first)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(again) is Dropout and again.get_config() == layer.get_config()
 
@@ -333,11 +343,10 @@ def _lstm_inputs(time, rows, units, seed=0):
             rng.normal(size=(units, 4 * units)).astype("float32") / np.sqrt(units))
 
 
-def _lstm_run(args, lengths, reverse, dtype, read_h, read_c):
+def _lstm_run(args, lengths, reverse, dtype, read_h, read_c, lstm_sequence=None):
     """(hs, cs, and the gradients of sum(hs * read_h) + sum(cs * read_c) in the four inputs),
-    through translator.recurrence.lstm_sequence."""
-    from translator.recurrence import lstm_sequence
-
+    through lstm_sequence (default: the kernel)."""
+    lstm_sequence = lstm_sequence or native.lstm_sequence
     xw, h0, c0, kernel = (tf.constant(a) for a in args)
     xw, h0, kernel = (tf.cast(x, dtype) for x in (xw, h0, kernel))
     with tf.GradientTape() as tape:
@@ -369,8 +378,9 @@ def test_lstm_sequence_kernel_against_float64_and_the_step_loop(
                       for _ in range(2))
     results = {dtype: _lstm_run(args, lengths, reverse, dtype, read_h, read_c)
                for dtype in ("float32", "bfloat16")}
-    monkeypatch.setattr(native, "lstm_sequence", lambda *a: None)
-    loop = _lstm_run(args, lengths, reverse, "float32", read_h, read_c)
+    from translator.model.lstm import lstm_sequence
+
+    loop = _lstm_run(args, lengths, reverse, "float32", read_h, read_c, lstm_sequence)
     for dtype, got in results.items():
         want_h, want_c = _lstm_reference(*args, lengths, reverse, dtype)
         tolerance = 1e-5 if dtype == "float32" else 2e-2
@@ -428,9 +438,8 @@ def test_avx2_build_passes_the_same_checks(tmp_path):
            "TRANSLATOR_NATIVE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_native.py", "tests/test_model.py", "-k",
-         "kernel or dropout or grouped_attention_against or lstm_backward"
-         " or project_top_k or lstm_step or search_packed"],
+         "tests/test_kernel_library.py", "tests/test_kernels.py", "-k",
+         "not avx2 and not fallback and not fused_step_choice"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and list(tmp_path.glob("kernels/kernels-*.so"))
@@ -557,7 +566,7 @@ def test_fused_step_choice_is_measured_once_per_dtype_and_cached(
         kernel, tmp_path, monkeypatch):
     """Timed once against the unfused step at two sizes (positive medians), per dtype,
     written beside the library; later decisions read the file instead of measuring."""
-    from translator import kernel_tuning
+    from translator.kernels import tuning as kernel_tuning
 
     monkeypatch.delenv("TRANSLATOR_FUSED_STEP", raising=False)
     cache = tmp_path / "kernels-x.tuning.json"

@@ -14,15 +14,17 @@ import keras
 import numpy as np
 
 from translator import config as config_lib
-from translator import corpus as corpus_lib
+from translator.data import corpus as corpus_lib
+from translator import kernels
 from translator import model_folder as mf
-from translator.callbacks import STATE_FILE, EpochProgress, RunState, TrainingControl
+from translator.train.callbacks import EpochProgress, TrainingControl
+from translator.train.state import STATE_FILE, RunState
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
 from translator.metrics import evaluate
 from translator.model import MaskedCrossEntropy
-from translator.optimizer import FusedAdam
-from translator.pipeline import TrainingBatches, batches_dataset, encode_pairs, eval_batches
-from translator.tokenizer import Tokenizer
+from translator.train.optimizer import FusedAdam
+from translator.data.pipeline import TrainingBatches, batches_dataset, encode_pairs, eval_batches
+from translator.data.tokenizer import Tokenizer
 from translator.translator import Translator
 
 # Sections whose change makes a folder hold "a different run". Training lengths and
@@ -122,6 +124,7 @@ def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: 
             raise RunFolderError(f"{folder} was trained on other data ({changed[0][0]} "
                                  "differs); use --overwrite or another --output")
         model = keras.saving.load_model(checkpoint / state.checkpoint)
+        model.use_operations(kernels.choose_operations())
         state.restore_seeds(model)
         state.finished = state.done(config.training)  # a larger budget continues the run
         if state.finished:

@@ -1,7 +1,7 @@
 """Compiling the kernels (translator/csrc/*.cc) into one op library, decided once per machine.
 
 The library is built on first use with the machine's C++ compiler against the installed
-TensorFlow, for an instruction set chosen explicitly (translator.cpu.isa_flags: the x86-64
+TensorFlow, for an instruction set chosen explicitly (translator.kernels.cpu.isa_flags: the x86-64
 level the CPU has, plus AVX-512 BF16 where present; $TRANSLATOR_MARCH names another
 target, e.g. x86-64-v3 for a cache that machines of different CPUs share). Extensions that
 a target turns on but TensorFlow's headers cannot take (AVX-512 FP16 with GCC 12) are
@@ -16,7 +16,7 @@ Everything is keyed by the sources, TensorFlow, the compiler and its version, th
                                it (`python -m translator info --rebuild` does); a compiler
                                killed or timed out leaves none
     kernels-<key>.lock         concurrent processes wait on it for the one that builds
-    kernels-<key>.tuning.json  translator.kernel_tuning's timing of the fused step
+    kernels-<key>.tuning.json  translator.kernels.tuning's timing of the fused step
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from translator import cpu
-from translator.paths import PACKAGE_DIR, kernel_cache
+from translator.kernels import cpu
+from translator.paths import kernel_cache
 
-SOURCE_DIR = PACKAGE_DIR / "csrc"  # *.cc compiled together; *.h they include
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"  # *.cc compiled together; *.h they include
 COMPILE_TIMEOUT_S = 300
 # Macros that a CPU target defines and TensorFlow's bundled Eigen cannot compile with (it
 # then includes arch/AVX512/PacketMathFP16.h, which GCC 12 rejects), and the flag that
@@ -79,7 +79,7 @@ class Build:
 
     @property
     def tuning(self) -> Path:
-        """Where translator.kernel_tuning caches the fused step's timing for this library."""
+        """Where translator.kernels.tuning caches the fused step's timing for this library."""
         return self.library.with_suffix(".tuning.json")
 
 

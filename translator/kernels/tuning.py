@@ -22,7 +22,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from translator import cpu
+from translator.kernels import cpu
 
 # (rows, input, units, vocab): the base preset's decoder at beam 5 x 256 sentences, and
 # greedy over 256 sentences

@@ -6,7 +6,7 @@ import gzip
 from collections.abc import Callable
 from pathlib import Path
 
-from translator.corpus import CorpusError, read_lines
+from translator.data.corpus import CorpusError, read_lines
 from translator.io_utils import atomic_open
 
 
