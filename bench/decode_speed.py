@@ -231,7 +231,7 @@ def eager_run(translator, texts: list[str], beam: int, batch_size: int
     from translator.data.pipeline import encode_sources, pad
 
     start = time.perf_counter()
-    sources = encode_sources(translator.data.tokenizer, texts)
+    sources = encode_sources(translator.tokenizer, texts)
     order = np.argsort([len(s) for s in sources], kind="stable")
     out: list[list[str]] = [[] for _ in texts]
     alpha = translator.config.decoding.length_penalty
@@ -244,7 +244,7 @@ def eager_run(translator, texts: list[str], beam: int, batch_size: int
         else:
             ids = eager_beam(translator.model, source, limits, beam, alpha)
         for i, hyp in zip(batch, ids):
-            out[i] = translator.data.tokenizer.pieces(hyp)
+            out[i] = translator.tokenizer.pieces(hyp)
     return time.perf_counter() - start, out
 
 
@@ -263,7 +263,7 @@ def decode_work(translator, texts: list[str], pieces: list[list[str]], beam: int
     from translator.data.pipeline import encode_sources
 
     d = flops.Dims.of(translator.model)
-    src = np.array([len(s) for s in encode_sources(translator.data.tokenizer, texts)])
+    src = np.array([len(s) for s in encode_sources(translator.tokenizer, texts)])
     out = np.array([len(p) for p in pieces])
     forced = out >= max_lengths(translator, src)
     steps = out + ~forced

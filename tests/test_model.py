@@ -251,3 +251,22 @@ def test_additive_attention_with_rows_equals_the_gathered_memory():
     want = layer(query, *(tf.gather(x, rows) for x in (keys, memory, mask)), training=False)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_the_lstm_layer_equals_keras_lstm_with_the_same_weights(dtype):
+    """translator.model.layers.LSTM computes what keras.layers.LSTM computes (the same
+    equations, weights and gate order): every step's h and the final (h, c)."""
+    from translator.model.layers import LSTM
+
+    x = tf.constant(np.random.default_rng(8).normal(size=(3, 7, 5)).astype("float32"))
+    ours = LSTM(6, dtype=dtype)
+    outputs, (h, c) = ours(x)
+    reference = keras.layers.LSTM(6, return_sequences=True, return_state=True, dtype=dtype)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    want_outputs, want_h, want_c = reference(x)
+    atol = 1e-6 if dtype == "float32" else 3e-2
+    for got, want in [(outputs, want_outputs), (h, want_h), (c, want_c)]:
+        np.testing.assert_allclose(np.asarray(got, "float32"), np.asarray(want, "float32"),
+                                   atol=atol)

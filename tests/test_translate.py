@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator import batch
+from translator import files
 from translator.cli import translate_main
 from translator.data.corpus import CorpusError
 from translator.metrics import bleu, chrf
@@ -130,7 +130,7 @@ def distinct(tiny_translator, english) -> list[str]:
     mostly different translations: a mix-up of order would show.
     """
     chosen, lengths = [], set()
-    for sentence, ids in zip(english, tiny_translator.data.tokenizer.encode(english)):
+    for sentence, ids in zip(english, tiny_translator.tokenizer.encode(english)):
         if len(ids) not in lengths:
             chosen.append(sentence)
             lengths.add(len(ids))
@@ -204,7 +204,7 @@ def test_return_scores_gives_text_score_and_tokens(tiny_translator, distinct, be
         assert hyp.text == text
         assert isinstance(hyp.score, float) and math.isfinite(hyp.score)
         assert all(isinstance(t, str) for t in hyp.tokens)
-        assert tiny_translator.data.tokenizer.tgt.decode_pieces(hyp.tokens) == hyp.text
+        assert tiny_translator.tokenizer.tgt.decode_pieces(hyp.tokens) == hyp.text
         assert hyp.attention is None
 
 
@@ -213,7 +213,7 @@ def test_return_attention_is_target_by_source_with_rows_summing_to_one(
         tiny_translator, distinct, beam):
     sentence = distinct[5]
     hyp = tiny_translator.translate(sentence, beam=beam, return_attention=True)
-    source_ids = tiny_translator.data.tokenizer.encode([sentence])[0]
+    source_ids = tiny_translator.tokenizer.encode([sentence])[0]
     assert len(hyp.source_tokens) == len(source_ids) + 1  # EOS included
     assert hyp.source_tokens[-1] == "</s>"
     assert isinstance(hyp.attention, np.ndarray)
@@ -296,12 +296,12 @@ def test_translate_stream_is_lazy_and_keeps_order(tiny_translator, distinct):
 
 def test_long_line_is_split_into_pieces_and_translated_in_full(tiny_translator, long_line,
                                                                distinct, tmp_path):
-    tokens = len(tiny_translator.data.tokenizer.encode([long_line])[0])
+    tokens = len(tiny_translator.tokenizer.encode([long_line])[0])
     assert tokens > MAX_INPUT_TOKENS
     pieces = tiny_translator._split(long_line)
     assert len(pieces) > 1
     assert " ".join(pieces).split() == long_line.split()  # nothing dropped by the split
-    assert all(len(ids) < MAX_INPUT_TOKENS for ids in tiny_translator.data.tokenizer.encode(pieces))
+    assert all(len(ids) < MAX_INPUT_TOKENS for ids in tiny_translator.tokenizer.encode(pieces))
 
     translation = tiny_translator.translate(long_line, beam=1)
     assert "\n" not in translation
@@ -336,7 +336,7 @@ def test_translate_file_writes_one_line_per_input_line(tiny_translator, distinct
     dst = tmp_path / "out.txt"
 
     count = tiny_translator.translate_file(src, dst, progress=False, beam=1, batch_size=2)
-    assert count == len(lines) == batch.count_lines(src)
+    assert count == len(lines) == files.count_lines(src)
     written = dst.read_bytes()
     assert written.count(b"\n") == len(lines) and written.endswith(b"\n")
     assert written == expected_lines(tiny_translator.translate(lines, beam=1))
@@ -371,11 +371,11 @@ def test_interrupted_translation_leaves_existing_output_unchanged(tiny_translato
     def interrupting(index: int, result) -> str:
         if failure == "keyboard-interrupt" and index == 5:
             raise KeyboardInterrupt
-        return batch.plain(index, result)
+        return files.plain(index, result)
 
     error = CorpusError if failure == "invalid-utf8" else KeyboardInterrupt
     with pytest.raises(error):
-        batch.translate_file(tiny_translator, src, dst, progress=False, formatter=interrupting,
+        files.translate_file(tiny_translator, src, dst, progress=False, formatter=interrupting,
                              beam=1, batch_size=2)
     assert dst.read_bytes() == b"an earlier, complete translation\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]

@@ -1,4 +1,5 @@
-"""Compiling the kernels (translator/csrc/*.cc) into one op library, decided once per machine.
+"""Compiling the kernels (translator/kernels/csrc/*.cc) into one op library, decided once
+per machine.
 
 The library is built on first use with the machine's C++ compiler against the installed
 TensorFlow, for an instruction set chosen explicitly (translator.kernels.cpu.isa_flags: the x86-64

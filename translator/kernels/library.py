@@ -1,44 +1,36 @@
-"""The project's compiled kernels (translator/csrc/*.cc), and the switch to TensorFlow's
-own ops where they cannot be built.
+"""The compiled kernels (translator/kernels/csrc/*.cc): building and loading the op
+library, and a Python function per op. translator.kernels.operations offers them to a
+model as whole operations; docs/kernels.md describes each.
 
-* TopKLogNorm (top_k.cc), for the searches where a step's logits are written out (nothing
-  packed: see ProjectTopK): each step needs, from the vocabulary-wide logits of every
-  hypothesis, the k best tokens and the log-normaliser. TensorFlow's CPU ops take five
-  passes over the logits for that (cast, chunk maxima, two top-k, softmax), as long as
-  the output matmul itself; the kernel reads each row once (beam 5 at 1,280 rows: 5 ms
-  against 14 ms).
-* ProjectTopK (top_k.cc) and LstmStep (lstm_cell.cc), the searches' decoder step on
+* TopKLogNorm (top_k.cc): a search step's k best tokens and log-normaliser from the
+  vocabulary-wide logits, in one read of each row.
+* ProjectTopK (top_k.cc) and LstmStep (lstm_cell.cc), the searches' fused decoder step on
   weights packed once per search (PackWeights, pack.cc): the output projection computed a
   block at a time and folded into each row's top k and log-normaliser while in cache (the
-  vocabulary-wide logits are never written out), and an LSTM step's product with the cell
-  run on each panel of gates while it is in registers (no concatenation, no gates written
-  out). Both on csrc/gemm.h's register-tiled product.
-* LstmCell and LstmCellGrad (lstm_cell.cc), for single LSTM steps (input feeding, and the
-  searches' decoder where nothing is packed): the gate arithmetic of a step, forward and
-  backward, in one op each instead of a dozen and two dozen element-wise TensorFlow ops.
-* LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h), for whole sequences
-  (training, and the encoder everywhere): the recurrence over all time steps in one op
-  each way, the recurrent product inside it, each worker thread running its own rows of
-  the batch from the first step to the last; TensorFlow's loop spent as long dispatching
-  a step's matmul and cell op as computing them.
-* SeededDropout (dropout.cc), for training: the dropout mask hashed from each element's
-  position and a seed, in one pass (6x TensorFlow's stateless dropout).
-* SmoothedCrossEntropy and its gradient (cross_entropy.cc), for training: the
-  label-smoothed loss over the bfloat16 logits, one read of them each way.
+  logits are never written out), and an LSTM step's product with the cell run on each
+  panel of gates while it is in registers. Both on csrc/gemm.h's register-tiled product.
+* LstmCell and LstmCellGrad (lstm_cell.cc): one LSTM step's gate arithmetic, forward and
+  backward, in one op each.
+* LstmSequence and LstmSequenceGrad (lstm_cell.cc, with gemm.h): the recurrence over all
+  time steps in one op each way, the recurrent product inside it, each worker thread
+  running its own rows of the batch from the first step to the last.
+* SeededDropout (dropout.cc): the dropout mask hashed from each element's position and a
+  seed, in one pass.
+* SmoothedCrossEntropy and its gradient (cross_entropy.cc): the label-smoothed loss, one
+  read of the logits each way.
 * GroupedAttention (attention.cc), outside training: a sentence's keys and memory read
-  once for all its queries (a beam's hypotheses), instead of two tiny batched matmuls.
+  once for all its queries (a beam's hypotheses).
 
 The ops that split work between threads (LstmSequence, ProjectTopK, LstmStep) give each of
-the op's pool threads one task and wait: a part run on the calling thread (TensorFlow's
-TransformRangeConcurrently) often shared a core with a pool thread and took twice as long.
+the op's pool threads one task and wait: a part run on the calling thread would often
+share a core with a pool thread.
 
 The files are compiled on first use into one library (translator.kernels.build: the
 instruction set chosen explicitly, the build decided once per machine and cached). The
 vectors in csrc/simd.h are as wide as the CPU's registers: 16 floats with AVX-512, 8
 otherwise. Without a compiler, after a failed build, or with TRANSLATOR_NATIVE=0, every
-function here returns None and the callers use TensorFlow's ops: the same model and
-translations (sigmoid, tanh and exp agree to ~1e-6; the search puts exactly tied tokens in
-id order; dropout draws other, equally likely masks). status() says which, and why.
+function here returns None and the model runs the plain operations. status() says which,
+and why.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ threads stalls the other), the unfused step (TensorFlow's matmuls, then the Lstm
 TopKLogNorm kernels) can win. So the two are timed against each other once per machine
 and library, at the `base` preset's sizes for beam 5 and for greedy search, in the
 model's dtype, and the result is cached beside the library (kernels-<key>.tuning.json, one
-entry per dtype). TRANSLATOR_FUSED_STEP=1 or 0 forces the choice (translator.native).
+entry per dtype). TRANSLATOR_FUSED_STEP=1 or 0 forces the choice
+(translator.kernels.library.fused_step).
 """
 
 from __future__ import annotations

@@ -30,12 +30,12 @@ class MaskedCrossEntropy(keras.losses.Loss):
     y_true int [batch, tgt_len] (PAD_ID where padded), y_pred logits [batch, tgt_len, vocab].
     """
 
-    operations = None  # the model's (set by Seq2Seq.compile); None: smoothed_cross_entropy
-
     def __init__(self, label_smoothing: float = 0.0, name: str = "masked_cross_entropy",
-                 **kwargs) -> None:
+                 operations=None, **kwargs) -> None:
+        """operations: the model's (translator.model.operations); None: the plain
+        smoothed_cross_entropy. Seq2Seq.use_operations sets it on a compiled model."""
         super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.operations = label_smoothing, operations
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """As Keras' Loss.__call__, except that the logits keep their dtype (Keras would

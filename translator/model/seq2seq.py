@@ -104,17 +104,13 @@ class Seq2Seq(keras.Model):
     operations = PLAIN
 
     def use_operations(self, operations: Operations) -> None:
-        """Runs every layer (and the compiled loss) through `operations`."""
+        """Runs every layer (and the loss it was compiled with) through `operations`."""
         self.operations = operations
         for layer in self._flatten_layers():
             if hasattr(type(layer), "operations"):
                 layer.operations = operations
         if isinstance(getattr(self, "loss", None), MaskedCrossEntropy):
             self.loss.operations = operations
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        self.use_operations(self.operations)
 
     # ---- training graph -------------------------------------------------------------
 

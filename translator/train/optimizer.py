@@ -2,12 +2,10 @@
 
 Keras 3's Adam writes each variable's update as about eight element-wise ops (cast,
 subtract, multiply, square, sqrt, divide, three assignments), each a pass over the
-variable; for the 8,000 x 256 embedding table and the LSTM kernels that was ~12 ms of a
-~145 ms training step on our 2-core CPU. TensorFlow's own ResourceApplyAdam does the
-same arithmetic (the same bias-corrected step size, epsilon outside the square root) in
-one multi-threaded pass: training 1.02-1.05x faster at the peers' size (measured by
-bench/train_ablation.py). Sparse gradients, AMSGrad and non-float32 variables keep Keras'
-update.
+variable. TensorFlow's own ResourceApplyAdam does the same arithmetic (the same
+bias-corrected step size, epsilon outside the square root) in one multi-threaded pass
+(what that is worth: bench/train_ablation.py). Sparse gradients, AMSGrad and non-float32
+variables keep Keras' update.
 """
 
 from __future__ import annotations
