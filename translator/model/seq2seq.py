@@ -66,18 +66,7 @@ class Seq2Seq(keras.Model):
         )
         self.input_feeding, self.tie_embeddings = input_feeding, tie_embeddings
         dtype = self.dtype_policy  # sublayers share it: float32, or mixed_bfloat16 (see training)
-        # Embeddings start at N(0, 1/d) and are scaled by sqrt(d) where they enter the
-        # network: inputs of unit scale (Keras' default U(-0.05, 0.05) starves the LSTMs
-        # and learning crawls), while tied output logits start small.
-        self.embed_scale = float(embedding_dim) ** 0.5
-        init = keras.initializers.RandomNormal(stddev=1.0 / self.embed_scale)
-        self.tgt_embedding = layers.Embedding(tgt_vocab_size, embedding_dim, name="tgt_embedding",
-                                              embeddings_initializer=init, dtype=dtype)
-        self.src_embedding = (
-            self.tgt_embedding if share_embeddings else
-            layers.Embedding(src_vocab_size, embedding_dim, name="src_embedding",
-                             embeddings_initializer=init, dtype=dtype))
-        self.tgt_embedding.build()  # step_weights() reads the table before any call
+        self._make_embeddings(src_vocab_size, tgt_vocab_size, embedding_dim, share_embeddings)
         self.encoder = Encoder(encoder_units, encoder_layers, dropout, name="encoder", dtype=dtype)
         self.bridge = Bridge(decoder_units, decoder_layers, name="bridge", dtype=dtype)
         attentional_dim = embedding_dim if tie_embeddings else decoder_units
@@ -90,7 +79,7 @@ class Seq2Seq(keras.Model):
                                    dtype=dtype)
         self.attentional = layers.Dense(attentional_dim, activation="tanh", name="attentional",
                                         dtype=dtype)
-        self.attentional.build((None, 2 * encoder_units + decoder_units))  # see _attend
+        self.attentional.build((None, 2 * encoder_units + decoder_units))  # read as weights
         self.dropout = Dropout(dropout, dtype=dtype)
         if not tie_embeddings:
             self.output_proj = layers.Dense(tgt_vocab_size, name="output_proj", dtype=dtype)
@@ -98,6 +87,21 @@ class Seq2Seq(keras.Model):
         else:
             self.output_bias = self.add_weight(
                 shape=(tgt_vocab_size,), initializer="zeros", name="output_bias")
+
+    def _make_embeddings(self, src_vocab_size, tgt_vocab_size, dim, share: bool) -> None:
+        """Embeddings start at N(0, 1/dim) and are scaled by sqrt(dim) where they enter the
+        network: inputs of unit scale (Keras' default U(-0.05, 0.05) starves the LSTMs and
+        learning crawls), while tied output logits start small."""
+        self.embed_scale = float(dim) ** 0.5
+        init = keras.initializers.RandomNormal(stddev=1.0 / self.embed_scale)
+        dtype = self.dtype_policy
+        self.tgt_embedding = layers.Embedding(tgt_vocab_size, dim, name="tgt_embedding",
+                                              embeddings_initializer=init, dtype=dtype)
+        self.src_embedding = (
+            self.tgt_embedding if share else
+            layers.Embedding(src_vocab_size, dim, name="src_embedding",
+                             embeddings_initializer=init, dtype=dtype))
+        self.tgt_embedding.build()  # step_weights() reads the table before any call
 
     # ---- the operations: plain, or the compiled kernels -------------------------------
 
