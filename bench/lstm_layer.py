@@ -58,7 +58,8 @@ def variants(args: argparse.Namespace) -> dict:
             with tf.GradientTape() as tape:
                 outputs, h, c = call(layer)
                 loss = (tf.reduce_sum(tf.cast(outputs, tf.float32))
-                        + tf.reduce_sum(tf.cast(h, tf.float32)) + tf.reduce_sum(c))
+                        + tf.reduce_sum(tf.cast(h, tf.float32))
+                        + tf.reduce_sum(tf.cast(c, tf.float32)))
             return tape.gradient(loss, layer.trainable_variables)
         return step
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import flops  # imports translator first: TensorFlow starts quietly
 
-# variant -> (translator.native functions that return None while tracing, Keras' Adam?)
+# variant -> (translator.kernels.library functions that return None while tracing, Keras' Adam?)
 VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
     "shipped": ((), False),
     "keras-adam": ((), True),

@@ -2,7 +2,7 @@
 
 Measures `model.train_on_batch` on a fixed sequence of real Multi30k en-de batches
 (8k joint SentencePiece vocabulary, batches planned by translator.data.pipeline.TrainingBatches
-from a seed), compiled exactly as translator/training.py compiles it, after a warm-up.
+from a seed), compiled exactly as translator/train/run.py compiles it, after a warm-up.
 Target tokens are the non-pad labels, EOS included (what the loss sees). Two sizes:
 
   peers  embedding 256, BiLSTM encoder 256 per direction, decoder 256 (the size

@@ -21,20 +21,17 @@ import pytest
 
 from translator.config import DataConfig
 from translator.data.corpus import (
-    CORPORA,
-    TATOEBA_HELD_OUT,
     CleanReport,
     CorpusError,
     clean_pairs,
-    fetch_file,
     load_corpus,
     load_splits,
     read_lines,
     read_parallel,
     read_tsv,
-    sha256_of,
     split_by_source,
 )
+from translator.data.registry import CORPORA, TATOEBA_HELD_OUT, fetch_file, sha256_of
 
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
 MULTI30K_LANGUAGES = ("en", "de", "fr", "cs")

@@ -70,7 +70,8 @@ def compiler() -> str:
     return found
 
 
-# x86-64-v3 (AVX2) is built and run by test_native.py's test_avx2_build_passes_the_same_checks
+# x86-64-v3 (AVX2) is built and run by test_kernel_library.py:
+# test_avx2_build_passes_the_same_checks
 # wherever the CPU has AVX2; compiled here only where it has not
 X86_TARGETS = ["x86-64-v2", "x86-64-v4", "sapphirerapids", "znver4"] + (
     [] if "avx2" in cpu.features() else ["x86-64-v3"])
@@ -108,7 +109,7 @@ def test_target_flags_turn_off_the_extensions_tensorflows_headers_break_on(compi
 @pytest.mark.parametrize("target", X86_TARGETS)
 def test_kernels_compile_for_every_x86_target(compiler, target, tmp_path):
     """Every source compiles for each x86-64 class we ship to (compile only: this CPU
-    need not run the code; running is tested by test_native.py here and, for AVX2, by
+    need not run the code; running is tested by test_kernel_library.py here and, for AVX2, by
     its test_avx2_build_passes_the_same_checks)."""
     if platform.machine() != "x86_64":
         pytest.skip("x86-64 targets need an x86-64 compiler")

@@ -18,21 +18,31 @@ import tensorflow as tf
 from translator.kernels import library
 from translator.model import PLAIN
 from translator.search.top_k import top_k_log_norm
-from test_model import batch, make_model
+from test_model import VOCAB, batch, make_model
 
 
-@pytest.fixture
-def compiled(monkeypatch):
-    """The compiled operations, with the fused decoder step (whichever this machine
-    would choose: both are tested)."""
+def _compiled(monkeypatch, fused: str):
     if not library.enabled():
         pytest.skip("TRANSLATOR_NATIVE=0: the kernels are not under test in this run")
     if library.library() is None:
         pytest.skip(f"the kernels are off: {library.status()}")
-    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", "1")
+    monkeypatch.setenv("TRANSLATOR_FUSED_STEP", fused)
     from translator.kernels.operations import CompiledOperations
 
     return CompiledOperations()
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """The compiled operations, with the searches' fused decoder step (whichever this
+    machine would choose: both are tested)."""
+    return _compiled(monkeypatch, "1")
+
+
+@pytest.fixture(params=["fused", "unfused"])
+def compiled_either_step(request, monkeypatch):
+    """The compiled operations with the fused decoder step, and without it."""
+    return _compiled(monkeypatch, "1" if request.param == "fused" else "0")
 
 
 def _rng_tensor(rng, *shape, scale=1.0):
@@ -82,7 +92,7 @@ def test_lstm_cell_kernel_equals_the_textbook_step_in_training(compiled):
 
     def run(ops):
         def step(x, h, c, kernel, recurrent, bias):
-            weights = ops.lstm_step_weights(kernel, recurrent, bias, training=True)
+            weights = ops.lstm_step_weights(kernel, recurrent, bias)
             return ops.lstm_step(x, h, c, weights, training=True)
         return step
 
@@ -100,7 +110,7 @@ def test_lstm_step_kernel_equals_the_textbook_step_in_search(compiled, dtype):
     c = _rng_tensor(rng, 9, 20)
     weights = [tf.cast(_rng_tensor(rng, *shape, scale=0.3), dtype)
                for shape in ((6, 80), (20, 80), (80,))]
-    packed = compiled.lstm_step_weights(*weights, training=False)
+    packed = compiled.lstm_step_weights(*weights, for_search=True)
     assert packed.packed is not None
     got = compiled.lstm_step(x, h, c, packed)
     want = PLAIN.lstm_step(x, h, c, PLAIN.lstm_step_weights(*weights))
@@ -167,7 +177,7 @@ def test_output_with_bias_columns_equals_the_plain_projection(compiled):
 
     def run(ops):
         return lambda x, table, bias: [
-            ops.output(x, ops.output_weights(table, bias, True, training=True), "float32")]
+            ops.output(x, ops.output_weights(table, bias, True), "float32")]
 
     want, got = _both(run(PLAIN), inputs), _both(run(compiled), inputs)
     _assert_same(got[0], want[0])
@@ -185,7 +195,7 @@ def test_top_k_kernels_equal_the_search_top_k(compiled, transposed):
     bias = _rng_tensor(rng, 300)
     want = top_k_log_norm(PLAIN.search_output(x, PLAIN.output_weights(matrix, bias,
                                                                       transposed)), 5)
-    weights = compiled.output_weights(matrix, bias, transposed, training=False)
+    weights = compiled.output_weights(matrix, bias, transposed, for_search=True)
     assert weights.packed is not None
     unfused = weights._replace(packed=None)
     for scores in (compiled.search_output(x, weights), compiled.search_output(x, unfused)):
@@ -194,35 +204,68 @@ def test_top_k_kernels_equal_the_search_top_k(compiled, transposed):
         _assert_same([got[0].numpy(), got[2].numpy()], [want[0].numpy(), want[2].numpy()])
 
 
+@pytest.mark.parametrize("tie_embeddings", [True, False])
 @pytest.mark.parametrize("attention,input_feeding", [("general", False), ("additive", True)])
-def test_a_model_on_the_kernels_equals_the_plain_model(compiled, attention, input_feeding):
+def test_a_model_on_the_kernels_equals_the_plain_model(compiled_either_step, attention,
+                                                       input_feeding, tie_embeddings):
     """One model, its operations switched: the same teacher-forced logits and training
-    gradients (tf.function, dropout off), and the same decoder steps: logits, and the
-    top tokens and log-normalisers a search reads (the fused step on the kernels)."""
-    model = make_model(attention=attention, input_feeding=input_feeding)
+    gradients (tf.function, dropout off), and the same decoder steps: logits, and the top
+    tokens and log-normalisers a search reads (with the fused step and without it), with
+    a static vocabulary size (the beam search ranks candidates by it)."""
+    from translator.model import MaskedCrossEntropy
+
+    model = make_model(attention=attention, input_feeding=input_feeding,
+                       tie_embeddings=tie_embeddings, share_embeddings=tie_embeddings)
     labels = np.array([[11, 12, 13, 3], [14, 3, 0, 0]], "int32")
     results = {}
-    for name, ops in (("plain", PLAIN), ("compiled", compiled)):
+    for name, ops in (("plain", PLAIN), ("compiled", compiled_either_step)):
         model.use_operations(ops)
+        layers = [layer for layer in model._flatten_layers() if hasattr(type(layer), "operations")]
+        assert len(layers) > 5 and all(layer.operations is ops for layer in layers)
+        loss = MaskedCrossEntropy(0.1, operations=ops)
 
         @tf.function
         def grads(inputs):
-            from translator.model import MaskedCrossEntropy
-            loss = MaskedCrossEntropy(0.1)
-            loss.operations = ops
             with tf.GradientTape() as tape:
-                logits = model(inputs, training=True)
-                value = loss(labels, logits)
-            return logits, tape.gradient(value, model.trainable_variables)
+                value = loss(labels, model(inputs, training=True))
+            return tape.gradient(value, model.trainable_variables)
 
-        logits, gradients = grads(batch())
-        _, _, state = model.encode(batch()["source"], training=False)
-        steps = []
-        for tokens in batch()["target_in"].T:  # the plain logits, and what a search reads
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def search_step(source):
+            _, _, state = model.encode(source, training=False, for_search=True)
+            scores, _, _ = model.decode_step(tf.fill(tf.shape(source)[:1], 2), state,
+                                             for_search=True)
+            assert scores.shape[-1] == VOCAB, scores.shape
+            return top_k_log_norm(scores, 3)
+
+        _, _, state = model.encode(batch()["source"], training=False, for_search=True)
+        steps = [t.numpy() for t in search_step(batch()["source"])]
+        for tokens in batch()["target_in"].T:
             step_logits, _, _ = model.decode_step(tokens, state)
             scores, state, _ = model.decode_step(tokens, state, for_search=True)
-            values, ids, log_norm = top_k_log_norm(scores, 3)
-            steps += [step_logits.numpy(), values.numpy(), ids.numpy(), log_norm.numpy()]
-        results[name] = [logits.numpy(), *steps, *(g.numpy() for g in gradients)]
+            steps += [step_logits.numpy(), *(t.numpy() for t in top_k_log_norm(scores, 3))]
+        gradients = [tf.convert_to_tensor(g).numpy() for g in grads(batch())]
+        results[name] = [model(batch()).numpy(), *steps, *gradients]
     for got, want in zip(results["compiled"], results["plain"]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_models_built_loaded_and_resumed_run_on_the_kernels(tiny_model, tiny_translator):
+    """The seam is chosen when a model is built or loaded: a built and compiled model,
+    its loss, and a loaded model folder all run on the compiled operations."""
+    from translator.kernels.operations import CompiledOperations
+    from translator.train.run import compiled_model
+
+    if library.library() is None:
+        pytest.skip(f"the kernels are off: {library.status()}")
+    built = compiled_model(tiny_translator.config, tiny_translator.tokenizer)
+    for model in (built, tiny_translator.model):
+        assert isinstance(model.operations, CompiledOperations)
+        assert all(layer.operations is model.operations for layer in model._flatten_layers()
+                   if hasattr(type(layer), "operations"))
+    assert built.loss.operations is built.operations
+    checkpoint = sorted((tiny_model / "checkpoint").glob("step-*.keras"))[-1]
+    resumed = keras.saving.load_model(checkpoint)
+    assert resumed.operations is PLAIN  # Keras alone knows nothing of the kernels
+    resumed.use_operations(built.operations)
+    assert resumed.loss.operations is built.operations

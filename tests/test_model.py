@@ -97,7 +97,7 @@ def test_a_search_computes_keys_and_step_weights_once_per_batch(tiny_translator,
     out = fresh.translate(["A man is riding a bicycle down the street.", "Two dogs."],
                           beam=3)
     assert len(out) == 2 and calls == {"keys": 1, "step_weights": 1}
-    weights = model.step_weights(training=False)
+    weights = model.step_weights(for_search=True)
     assert weights["embedding"].dtype == model.compute_dtype
     assert weights["attentional"][0].dtype == model.compute_dtype
 
@@ -164,8 +164,9 @@ def test_loss_ignores_padding_and_applies_label_smoothing():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_loss_gradient_equals_autodiff_of_the_plain_formula(smoothing):
-    """The hand-written gradient (softmax - smoothed target) against TensorFlow's own
-    gradient of the textbook formula, padding included (its gradient must be zero)."""
+    """The loss (TensorFlow's fused softmax cross-entropy against the smoothed targets)
+    and its gradient against TensorFlow's gradient of the formula written out:
+    (1 - s) * NLL - s * mean log-prob, padding included (its gradient must be zero)."""
     import tensorflow as tf
 
     logits = tf.constant(np.random.default_rng(1).normal(size=(2, 4, 7)).astype("float32"))

@@ -232,7 +232,7 @@ class Translator:
         """Encodes once, then runs the search loop; the memory stays one row per sentence
         (the attention reads it for all of a sentence's hypotheses at once) and is never
         cut: the attention reads the rows of the sentences still searched."""
-        _, _, state = self.model.encode(source, training=False)
+        _, _, state = self.model.encode(source, training=False, for_search=True)
         sentences = {k: state[k] for k in STATIC_KEYS}
         dynamic = {k: v for k, v in state.items() if k not in STATIC_KEYS + SHARED_KEYS}
         shared = {k: state[k] for k in SHARED_KEYS}

@@ -1,3 +1,4 @@
-"""From parallel text to batches: corpus.py reads corpora (files, TSV, the registry, the
-local mirror; checksums, cleaning, splits), tokenizer.py trains and applies SentencePiece,
-pipeline.py turns token ids into padded training batches."""
+"""From parallel text to batches: registry.py knows the corpora and fetches their files
+(cache, local mirror, checksums), corpus.py reads parallel text, cleans it and splits it,
+tokenizer.py trains and applies SentencePiece, pipeline.py turns token ids into padded
+training batches."""

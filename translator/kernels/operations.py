@@ -85,14 +85,15 @@ class CompiledOperations(Operations):
             return super().lstm_sequence(xw, h0, c0, recurrent_kernel, lengths, reverse)
         return fast
 
-    def lstm_step_weights(self, kernel, recurrent_kernel, bias, training=None):
+    def lstm_step_weights(self, kernel, recurrent_kernel, bias, for_search=False):
+        """For a search, where it runs the fused step, also packed for LstmStep."""
         stacked, cast_bias = super().lstm_step_weights(kernel, recurrent_kernel, bias)
-        packed = None if training else library.pack_for_search(stacked, "gates")
+        packed = library.pack_for_search(stacked, "gates") if for_search else None
         return LstmStepWeights(stacked, cast_bias, packed, ops.cast(bias, "float32"))
 
     def lstm_step(self, x, h, c, weights, training=None):
-        """The fused LstmStep (product and cell in one op) outside training where the
-        weights are packed; else the product, then the cell as one LstmCell op."""
+        """The fused LstmStep (product and cell in one op; no gradient) where the weights
+        are packed for a search; else the product, then the cell as one LstmCell op."""
         if weights.packed is not None and not training:
             return library.lstm_step(x, h, c, weights.packed, weights.bias32)
         z = ops.matmul(ops.concatenate([x, h], -1), weights.stacked) + weights.bias
@@ -118,17 +119,17 @@ class CompiledOperations(Operations):
         fast = library.dropout(x, rate, seed_generator.next())
         return super().dropout(x, rate, seed_generator) if fast is None else fast
 
-    def output_weights(self, matrix, bias, transposed: bool, training=None):
-        """Also, for a tied table, the table with the bias columns (see output); outside
-        training, where the searches run the fused step, the weights packed for
-        ProjectTopK."""
+    def output_weights(self, matrix, bias, transposed: bool, for_search=False):
+        """Also, for a tied table, the table with the bias columns (see output); for a
+        search, where it runs the fused step, the weights packed for ProjectTopK."""
         plain = super().output_weights(matrix, bias, transposed)
-        table = _with_bias_columns(plain) if transposed else None
         packed = None
-        if not training:
+        if for_search:
             packed = library.pack_for_search(matrix, "transposed" if transposed else "dense")
-        return CompiledOutputWeights(plain, table,
-                                     None if packed is None else PackedOutput(packed, plain.bias))
+        if packed is not None:  # the search reads only the packed weights
+            return CompiledOutputWeights(plain, None, PackedOutput(packed, plain.bias))
+        return CompiledOutputWeights(plain, _with_bias_columns(plain) if transposed else None,
+                                     None)
 
     def output(self, x, weights, dtype):
         """For a tied table, the bias added inside the matmul (two columns of ones against

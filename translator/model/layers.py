@@ -90,18 +90,18 @@ class LSTM(layers.Layer):
         ends = tf.stack([tf.range(steps[0]), last], 1)
         return hs, (tf.gather_nd(hs, ends), tf.gather_nd(cs, ends))
 
-    def step_weights(self, training=None):
+    def step_weights(self, for_search=False):
         """The weights `step` reads, in the compute dtype and prepared by the model's
         operations: a search computes them once, not once per step."""
         dtype = self.compute_dtype
         return self.operations.lstm_step_weights(ops.cast(self.kernel, dtype),
                                                  ops.cast(self.recurrent_kernel, dtype),
-                                                 self.bias, training)
+                                                 self.bias, for_search)
 
     def step(self, inputs, state, weights=None, training=False):
         """inputs [batch, in], state (h, c) -> (h_t, c_t), each [batch, units]."""
         h, c = state
-        weights = self.step_weights(training) if weights is None else weights
+        weights = self.step_weights() if weights is None else weights
         return self.operations.lstm_step(ops.cast(inputs, h.dtype), h, c, weights, training)
 
     def get_config(self) -> dict:

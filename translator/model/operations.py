@@ -43,7 +43,7 @@ class Operations:
         """Every step's (h, c) [batch, time, units]; see lstm.lstm_sequence."""
         return lstm.lstm_sequence(xw, h0, c0, recurrent_kernel, lengths, reverse)
 
-    def lstm_step_weights(self, kernel, recurrent_kernel, bias, training=None) -> tuple:
+    def lstm_step_weights(self, kernel, recurrent_kernel, bias, for_search=False) -> tuple:
         """What lstm_step reads, prepared once (per search or training step), not per step:
         (W_x stacked over W_h [in + units, 4 * units], bias [4 * units]), in the kernels'
         dtype (the bias may come as the float32 variable)."""
@@ -73,21 +73,24 @@ class Operations:
         """x with each element zeroed with probability rate, the rest scaled by 1/(1-rate)."""
         return keras.random.dropout(x, rate, seed=seed_generator)
 
-    def output_weights(self, matrix, bias, transposed: bool, training=None):
+    def output_weights(self, matrix, bias, transposed: bool, for_search=False):
         """What output reads, prepared once per search: an OutputWeights."""
         return OutputWeights(matrix, ops.cast(bias, "float32"), transposed)
 
     def output(self, x, weights, dtype):
-        """x [..., dim] -> logits [..., vocab] in dtype."""
+        """x [..., dim] -> logits [..., vocab] in dtype; the bias added in float32."""
         logits = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), weights.matrix,
                            transpose_b=weights.transposed)
-        logits = ops.cast(logits, dtype) + ops.cast(weights.bias, dtype)
-        return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [-1]], 0))
+        logits = ops.cast(ops.cast(logits, "float32") + weights.bias, dtype)
+        logits = tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [-1]], 0))
+        vocab = weights.matrix.shape[0 if weights.transposed else 1]
+        logits.set_shape(x.shape[:-1].concatenate([vocab]))
+        return logits
 
     def search_output(self, x, weights):
-        """What a search reads from a decoder step: the logits [N, vocab], in x's dtype
-        (the search computes its log-probs in float32)."""
-        return self.output(x, weights, x.dtype)
+        """What a search reads from a decoder step: the logits [N, vocab], float32 (the
+        search computes its log-probs in float32; the bias is not rounded to x's dtype)."""
+        return self.output(x, weights, "float32")
 
     def cross_entropy(self, labels, logits, smoothing: float):
         """Per-token loss float32 [...]; see loss.smoothed_cross_entropy."""

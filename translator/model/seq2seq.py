@@ -35,6 +35,9 @@ class Seq2Seq(keras.Model):
     Output: logits [batch, tgt_len, tgt_vocab] for the next target token at every position,
     in the compute dtype (bfloat16 under mixed precision; MaskedCrossEntropy computes in
     float32 whatever it reads).
+
+    A model made or loaded by Keras alone runs the plain operations; translator.model_folder
+    (build_model, load_weights) gives it this machine's (use_operations).
     """
 
     def __init__(
@@ -162,37 +165,39 @@ class Seq2Seq(keras.Model):
         dtype = self.compute_dtype
         return ops.cast(self.attentional.kernel, dtype), ops.cast(self.attentional.bias, dtype)
 
-    def _output_weights(self, training=None):
+    def _output_weights(self, for_search=False):
         """The output projection as the model's operations read it (see Operations.output)."""
         dtype = self.compute_dtype
         if self.tie_embeddings:  # the target embedding table [vocab, att], transposed
             return self.operations.output_weights(
-                ops.cast(self.tgt_embedding.embeddings, dtype), self.output_bias, True, training)
+                ops.cast(self.tgt_embedding.embeddings, dtype), self.output_bias, True, for_search)
         return self.operations.output_weights(ops.cast(self.output_proj.kernel, dtype),
-                                              self.output_proj.bias, False, training)
+                                              self.output_proj.bias, False, for_search)
 
     def logits(self, attentional, weights=None, float32=True):
         """attentional [..., att] -> logits [..., tgt_vocab], float32 (so that softmax and
         loss keep full precision) unless float32 is False (the compute dtype)."""
-        weights = self._output_weights(training=True) if weights is None else weights
+        weights = self._output_weights() if weights is None else weights
         dtype = "float32" if float32 else self.compute_dtype
         return self.operations.output(attentional, weights, dtype)
 
-    def step_weights(self, training=None) -> dict:
+    def step_weights(self, for_search=False) -> dict:
         """The weights the decoder reads at every step, cast to the compute dtype and
-        prepared by the model's operations once (per search), not once per step."""
+        prepared by the model's operations once (per search), not once per step;
+        for_search: as a search reads them (the kernels pack them for the fused step)."""
         return {
             "embedding": ops.cast(self.tgt_embedding.embeddings, self.compute_dtype),
-            "lstm": [lstm.step_weights(training) for lstm in self.decoder_lstms],
+            "lstm": [lstm.step_weights(for_search) for lstm in self.decoder_lstms],
             "attentional": self._attentional_weights(),
-            "output": self._output_weights(training),
+            "output": self._output_weights(for_search),
         }
 
     # ---- search interface -----------------------------------------------------------
 
-    def encode(self, source, training=None):
+    def encode(self, source, training=None, for_search=False):
         """source int [batch, src_len] -> memory [batch, src_len, 2*enc], mask bool
-        [batch, src_len], and the initial decoder state (a dict; see decode_step)."""
+        [batch, src_len], and the initial decoder state (a dict; see decode_step).
+        for_search: the decoder's weights prepared for a search (see decode_step)."""
         mask = ops.not_equal(source, PAD_ID)
         embedded = self.dropout(self.src_embedding(source) * self.embed_scale, training=training)
         memory, h, c = self.encoder(embedded, mask=mask, training=training)
@@ -201,7 +206,7 @@ class Seq2Seq(keras.Model):
             "memory": memory,
             "keys": self.attention.keys(memory),
             "mask": mask,
-            "weights": self.step_weights(training),
+            "weights": self.step_weights(for_search),
         }
         if self.input_feeding:
             state["feed"] = ops.zeros((ops.shape(source)[0], self.attentional.units),

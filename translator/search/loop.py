@@ -103,6 +103,7 @@ def run(strategy, step_fn: StepFn, initial_state: State, max_lengths: tf.Tensor,
     shrinking = (
         tf.range(batch),
         tf.fill([batch * width], strategy.bos_id),
+        initial_state if width == 1 else
         tf.nest.map_structure(lambda x: tf.repeat(x, width, axis=0), initial_state),
         () if sentence_state is None else sentence_state,
         own,

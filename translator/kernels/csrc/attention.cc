@@ -1,5 +1,5 @@
 // GroupedAttention: dot-product attention of groups of queries over their sentence's memory,
-// for the decoder's steps outside training (translator/layers.py, Attention).
+// for the decoder's steps outside training (in place of translator/model/attention.py, attend).
 //
 // query [R, D], keys [B, S, D], memory [B, S, M] (float32 or bfloat16), mask bool [B, S],
 // rows int32 [A], with R = A * g: query rows a * g .. a * g + g - 1 (a sentence's beam
@@ -18,7 +18,7 @@
 
 namespace {
 
-constexpr float kMasked = -1e9f;  // as translator.layers.NEG_INF
+constexpr float kMasked = -1e9f;  // as translator.model.attention.NEG_INF
 
 constexpr int64_t kChunk = 8;  // queries scored together: each key and memory load serves all
 

@@ -1,5 +1,5 @@
 // SmoothedCrossEntropy and its gradient: the training loss over the vocabulary-wide logits,
-// for translator/model.py (smoothed_cross_entropy).
+// in place of translator/model/loss.py (smoothed_cross_entropy).
 //
 // logits [N, V] (float32 or bfloat16), labels int32 [N], attr smoothing s ->
 //   loss float32 [N] = log Z - (1 - s) z[label] - s mean(z), the cross-entropy against

@@ -10,7 +10,7 @@
 // the uniform is two rounds of a 32-bit integer hash (Wellons' lowbias32, keyed with the
 // seed) of the element's index, compared as an integer: one pass, 0.45 ms. Being a pure
 // function of (position, seed), the same op with the same seed is its own gradient:
-// dx = SeededDropout(dy, seed) (translator/native.py registers that).
+// dx = SeededDropout(dy, seed) (translator/kernels/library.py registers that).
 
 #include "simd.h"
 

@@ -48,7 +48,7 @@ inline uint16_t Bits(tensorflow::bfloat16 x) {
 }
 
 // B [k, n] for the micro-kernel, read from words packed by Pack (owned by OwnedPackedB, or
-// an op's input tensor: ProjectTopK's weights, packed once per search by PackProjection).
+// an op's input tensor: ProjectTopK's weights, packed once per search by PackWeights).
 // T: the element type of A (and of the source matrix).
 template <typename T>
 struct PackedB {

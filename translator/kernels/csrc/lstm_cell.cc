@@ -4,7 +4,7 @@
 // LstmCell and LstmCellGrad: one step's gate arithmetic, forward and backward, for code
 // that steps through time itself (the searches' decoder where nothing is packed, else
 // LstmStep at the end of this file; input feeding, whose gradient,
-// translator.native's, uses LstmCellGrad): a dozen element-wise TensorFlow ops forward
+// translator.kernels.library's, uses LstmCellGrad): a dozen element-wise TensorFlow ops forward
 // (cast, split, three sigmoids, two tanh, ...) and two dozen backward, each a kernel
 // launch and a pass over [batch, 4 x units], become one pass each way.
 //
@@ -172,7 +172,7 @@ inline void CheckKernelAndLengths(OpKernelContext* ctx, const Tensor& kernel,
 }
 
 // The whole sequence forward, batch-major: z = xw[r, t] + h_{t-1} @ kernel, then the gates,
-// step after step, in one op (translator.recurrence.lstm_sequence). Outputs, at each
+// step after step, in one op (what translator.model.lstm.lstm_sequence computes). Outputs, at each
 // step's position: h, c and, when save, the h the step started from (for the kernel's
 // gradient) and what the gradient op reads.
 template <typename T>

@@ -1,5 +1,5 @@
-// What the project's kernels (translator/csrc/*.cc, compiled into one library by
-// translator/kernel_build.py) share: float vectors as wide as the machine's registers, loads and
+// What the project's kernels (translator/kernels/csrc/*.cc, compiled into one library by
+// translator/kernels/build.py) share: float vectors as wide as the machine's registers, loads and
 // stores of float32 and bfloat16, exp, sigmoid and tanh, and the registration of an op for
 // both dtypes.
 //

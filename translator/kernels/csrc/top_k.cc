@@ -1,5 +1,5 @@
 // TopKLogNorm: each row of a search step's logits read once from memory, for
-// translator/top_k.py.
+// the searches (translator/kernels/operations.py, SearchLogits).
 //
 // logits [N, V] (float32 or bfloat16) -> values float32 [N, k], indices int32 [N, k] (the
 // k largest logits of each row, largest first, the lower index first among equal values,
