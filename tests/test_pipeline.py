@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from translator.data.pipeline import TrainingBatches, encode_pairs, make_batch
+from translator.data.pipeline import SubwordSampler, TrainingBatches, encode_pairs, make_batch
 from translator.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
@@ -60,3 +60,32 @@ def test_teacher_forcing_shift(encoded):
         source = encoded.source[row]
         np.testing.assert_array_equal(x["source"][row, :len(source)], source)
         assert source[-1] == EOS_ID
+
+
+def test_subword_sampling_draws_new_segmentations_each_epoch_that_decode_to_the_text(
+        tiny_model, multi30k_slice):
+    """Subword regularisation: each epoch segments the same pairs differently (seeded by the
+    epoch, so a resumed run draws the same), every segmentation decodes to the original
+    text, and the batches of an epoch are planned on that epoch's lengths."""
+    tokenizer = Tokenizer.load(tiny_model)
+    pairs = multi30k_slice["train"][:300]
+    encoded = encode_pairs(tokenizer, pairs)
+    sampler = SubwordSampler(tokenizer, pairs, encoded, alpha=0.2, nbest=-1, seed=5)
+    batches = TrainingBatches(encoded, 32, 1, seed=5, resample=sampler)
+    first, second = batches.epoch_data(0), batches.epoch_data(1)
+    ids = lambda data: [s.tolist() for s in data.source]  # noqa: E731
+    assert ids(first) != ids(second) and ids(first) != ids(encoded)
+    assert ids(SubwordSampler(tokenizer, pairs, encoded, 0.2, -1, seed=5)(0)) == ids(first)
+    for data in (first, second):
+        assert len(data) == len(encoded)
+        assert tokenizer.decode(data.target) == [t for _, t in pairs]
+        assert tokenizer.decode([s[:-1] for s in data.source], "src") == [s for s, _ in pairs]
+    assert sum(len(s) for s in first.source) > sum(len(s) for s in encoded.source)
+    plan = batches.epoch_plan(1)
+    assert len(plan) == batches.steps_per_epoch
+    lengths = np.array([len(t) for t in second.target])
+    planned_on_usual_lengths = TrainingBatches(encoded, 32, 1, seed=5).epoch_plan(1)
+    assert padding_share(second, plan, "target") < padding_share(
+        second, planned_on_usual_lengths, "target")
+    x, y = make_batch(second, plan[0])
+    assert y.shape[1] == lengths[plan[0]].max() + 1

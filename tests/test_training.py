@@ -141,7 +141,7 @@ def test_folder_loads_in_a_fresh_process_and_reproduces_its_dev_bleu(tiny_model)
         "t = Translator.load(sys.argv[1])\n"
         "dev = corpus.load_corpus('multi30k', 'val', 'en', 'de')[:100]\n"
         "hyps = t.translate([s for s, _ in dev], beam=int(sys.argv[2]))\n"
-        "print(json.dumps(metrics.evaluate(hyps, [r for _, r in dev], 'de')))\n"
+        "print(json.dumps(metrics.evaluate(hyps, [r for _, r in dev], 'de', metrics.BOOTSTRAP)))\n"
     )
     result = subprocess.run([sys.executable, "-c", script, str(tiny_model),
                              str(recorded["beam"])], cwd=ROOT, capture_output=True, text=True,

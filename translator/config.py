@@ -87,6 +87,10 @@ class TrainingConfig:
     patience: int = 4  # early stopping: evaluations without a better dev BLEU
     eval_beam: int = 1  # search used for dev BLEU during training (1 = greedy)
     average_last: int = 0  # average the weights of the last K epochs' checkpoints (0 = off)
+    # subword regularisation: each epoch samples new segmentations of the training pairs
+    # with this alpha (unigram: smoothing of P(x)^alpha; bpe: BPE-dropout rate); 0 = off
+    subword_alpha: float = 0.0
+    subword_nbest: int = -1  # unigram: sample among the n best segmentations (-1 = all)
     bucket_width: int = 1  # batches group target, then source lengths rounded to this
     checkpoint_every: int = 200  # steps between checkpoints for resuming (and at each epoch end)
     # auto: mixed_bfloat16 where the CPU has bfloat16 instructions (faster), else
@@ -231,6 +235,11 @@ def validate(config: Config) -> None:
         ("tokenizer.vocab_size", flat["tokenizer.vocab_size"] >= 300,
          "must be >= 300 (256 byte pieces + specials + characters)"),
         ("training.average_last", flat["training.average_last"] >= 0, "must be >= 0"),
+        ("training.subword_alpha", flat["training.subword_alpha"] >= 0, "must be >= 0"),
+        ("training.subword_alpha", flat["tokenizer.model_type"] != "bpe"
+         or flat["training.subword_alpha"] < 1, "must be < 1 with bpe (it is a dropout rate)"),
+        ("training.subword_nbest", flat["training.subword_nbest"] == -1
+         or flat["training.subword_nbest"] > 1, "must be -1 (all) or > 1"),
         ("training.warmup_steps", flat["training.warmup_steps"] >= 0, "must be >= 0"),
         ("training.checkpoint_every", flat["training.checkpoint_every"] >= 0, "must be >= 0"),
     ]

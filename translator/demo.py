@@ -24,6 +24,9 @@ def main(folder: str = "models/demo", count: int = 8) -> int:
         print(f"test set ({test_scores['sentences']} sentences, beam {test_scores['beam']}): "
               f"{test_scores['bleu']['name']} {test_scores['bleu']['score']:.2f} "
               f"({test_scores['bleu']['signature']})")
+        if "name" in test_scores:
+            print(f"every test sentence, worst first: {folder}/evaluations/"
+                  f"{test_scores['name']}/report.html")
     print(f'try it: .venv/bin/python translate.py --model {folder} "A dog runs in the park."')
     return 0
 

@@ -9,7 +9,7 @@ nothing on the hot path (arrays are padded once per batch here) and prefetches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +24,7 @@ class EncodedPairs:
     source: list[np.ndarray]
     target: list[np.ndarray]
     dropped_too_long: int = 0
+    kept: list[int] = field(default_factory=list)  # which of the encoded pairs these are
 
     def __len__(self) -> int:
         return len(self.source)
@@ -44,11 +45,38 @@ def encode_pairs(
         i for i in range(len(src))
         if max_tokens is None or (len(src[i]) + 1 <= max_tokens and len(tgt[i]) + 1 <= max_tokens)
     ]
+    return _arrays(src, tgt, keep, dropped=len(src) - len(keep))
+
+
+def _arrays(src: list[list[int]], tgt: list[list[int]], keep: list[int], dropped: int
+            ) -> EncodedPairs:
     return EncodedPairs(
         source=[np.asarray(src[i] + [EOS_ID], np.int32) for i in keep],
         target=[np.asarray(tgt[i], np.int32) for i in keep],
-        dropped_too_long=len(src) - len(keep),
+        dropped_too_long=dropped, kept=keep,
     )
+
+
+class SubwordSampler:
+    """Each epoch's training pairs in newly drawn segmentations (subword regularisation).
+
+    `sampler(epoch)` encodes the pairs that `encoded` kept (its length filter used the
+    usual, most likely segmentation) with Tokenizer.sample, seeded by (seed, epoch): a
+    resumed run draws the same segmentations again. Translation always encodes the
+    source the usual way.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
+                 encoded: EncodedPairs, alpha: float, nbest: int, seed: int) -> None:
+        self.tokenizer, self.alpha, self.nbest, self.seed = tokenizer, alpha, nbest, seed
+        self.sources = [pairs[i][0] for i in encoded.kept]
+        self.targets = [pairs[i][1] for i in encoded.kept]
+
+    def __call__(self, epoch: int) -> EncodedPairs:
+        seed = int(np.random.default_rng([self.seed, epoch]).integers(2**31 - 1))
+        src = self.tokenizer.sample(self.sources, "src", self.alpha, self.nbest, seed)
+        tgt = self.tokenizer.sample(self.targets, "tgt", self.alpha, self.nbest, seed + 1)
+        return _arrays(src, tgt, list(range(len(src))), dropped=0)
 
 
 def encode_sources(tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
@@ -102,26 +130,41 @@ def make_batch(data: EncodedPairs, indices: np.ndarray) -> tuple[dict[str, np.nd
 
 
 class TrainingBatches:
-    """The batches of every epoch, planned ahead so a run can resume at any step."""
+    """The batches of every epoch, planned ahead so a run can resume at any step.
 
-    def __init__(self, data: EncodedPairs, batch_size: int, bucket_width: int, seed: int) -> None:
+    With `resample` (a SubwordSampler), each epoch's pairs are resampled(epoch), and
+    batched by their lengths in that segmentation.
+    """
+
+    def __init__(self, data: EncodedPairs, batch_size: int, bucket_width: int, seed: int,
+                 resample: Callable[[int], EncodedPairs] | None = None) -> None:
         if len(data) == 0:
             raise ValueError("no training pairs left after cleaning and length filtering")
-        self.data, self.batch_size = data, batch_size
+        self.data, self.batch_size, self.resample = data, batch_size, resample
         self.bucket_width, self.seed = bucket_width, seed
-        self.source_lengths = np.array([len(s) for s in data.source])
-        self.target_lengths = np.array([len(t) + 1 for t in data.target])  # EOS / BOS added
         self.steps_per_epoch = -(-len(data) // batch_size)
+        self._sampled: tuple[int, EncodedPairs] | None = None
+
+    def epoch_data(self, epoch: int) -> EncodedPairs:
+        if self.resample is None:
+            return self.data
+        if self._sampled is None or self._sampled[0] != epoch:
+            self._sampled = (epoch, self.resample(epoch))
+        return self._sampled[1]
 
     def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-        return plan_batches(self.source_lengths, self.target_lengths, self.batch_size,
+        data = self.epoch_data(epoch)
+        source_lengths = np.array([len(s) for s in data.source])
+        target_lengths = np.array([len(t) + 1 for t in data.target])  # EOS / BOS added
+        return plan_batches(source_lengths, target_lengths, self.batch_size,
                             self.bucket_width, self.seed, epoch)
 
     def _generate(self, first_epoch: int, skip: int) -> Iterator:
         epoch = first_epoch
         while True:
+            data = self.epoch_data(epoch)
             for indices in self.epoch_plan(epoch)[skip:]:
-                yield make_batch(self.data, indices)
+                yield make_batch(data, indices)
             epoch, skip = epoch + 1, 0
 
     def dataset(self, first_epoch: int = 0, skip: int = 0) -> tf.data.Dataset:

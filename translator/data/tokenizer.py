@@ -136,6 +136,18 @@ class Tokenizer:
         """Batch encode to ids, without BOS/EOS."""
         return self._side(side).encode(list(texts), out_type=int)
 
+    def sample(self, texts: Sequence[str], side: str, alpha: float, nbest: int, seed: int
+               ) -> list[list[int]]:
+        """Batch encode, each text in a segmentation drawn at random (subword
+        regularisation, Kudo 2018): unigram models draw from the `nbest` best
+        segmentations (-1: all of them) with probability proportional to P(x)^alpha, so a
+        smaller alpha draws more varied, longer segmentations; BPE models drop merges with
+        probability alpha (BPE-dropout). The same seed draws the same segmentations:
+        SentencePiece's generator is seeded and encoding runs on one thread."""
+        spm.set_random_generator_seed(seed)
+        return self._side(side).encode(list(texts), out_type=int, enable_sampling=True,
+                                       alpha=alpha, nbest_size=nbest, num_threads=1)
+
     def decode(self, ids: Sequence[Sequence[int]], side: str = "tgt") -> list[str]:
         """Batch decode; pad, bos and eos ids are ignored."""
         specials = (PAD_ID, BOS_ID, EOS_ID)

@@ -20,10 +20,13 @@ from translator import model_folder as mf
 from translator.train.callbacks import EpochProgress, TrainingControl
 from translator.train.state import STATE_FILE, RunState
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
-from translator.metrics import evaluate
+from translator.data.registry import get_corpus
+from translator.evaluate import evaluate_model
+from translator.metrics import bleu
 from translator.model import MaskedCrossEntropy
 from translator.train.optimizer import FusedAdam
-from translator.data.pipeline import TrainingBatches, batches_dataset, encode_pairs, eval_batches
+from translator.data.pipeline import (
+    SubwordSampler, TrainingBatches, batches_dataset, encode_pairs, eval_batches)
 from translator.data.tokenizer import Tokenizer
 from translator.translator import Translator
 
@@ -62,8 +65,10 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     dev_ids = encode_pairs(tokenizer, splits.dev)
     log(f"encoded: {len(train_ids)} training pairs, {train_ids.target_tokens} target tokens; "
         f"{train_ids.dropped_too_long} dropped for exceeding {config.data.max_tokens} subwords")
-    batches = TrainingBatches(train_ids, config.training.batch_size, config.training.bucket_width,
-                              config.training.seed)
+    cfg = config.training
+    resample = (SubwordSampler(tokenizer, splits.train, train_ids, cfg.subword_alpha,
+                               cfg.subword_nbest, cfg.seed) if cfg.subword_alpha else None)
+    batches = TrainingBatches(train_ids, cfg.batch_size, cfg.bucket_width, cfg.seed, resample)
     model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log)
     # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
     atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
@@ -161,7 +166,7 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
 
     def dev_bleu() -> float:
         hyps = translator.translate(dev_src, beam=beam, nbest=1)
-        return evaluate(hyps, dev_ref, config.data.tgt)["bleu"]["score"]
+        return bleu(hyps, dev_ref, config.data.tgt).score
 
     def save_best() -> None:
         with atomic_path(folder / mf.WEIGHTS_FILE) as tmp:
@@ -227,18 +232,25 @@ def _average_last(model, config, folder: Path, state: RunState, dev_bleu, save_b
 
 
 def _final_scores(folder: Path, model, tokenizer, config, splits, state: RunState, log) -> dict:
-    """Dev (the configured training search) and test (the configured decoding) scores."""
+    """Dev (the configured training search) and test (the configured decoding) scores, with
+    95% confidence intervals; the test evaluation (translations, per-sentence report) is
+    stored as `python -m translator.evaluate --split <test split>` stores it."""
     translator = Translator(model, tokenizer, config)
     scores = {"best_epoch": state.best_epoch, "stop_reason": state.stop_reason}
     for name, pairs, beam in (("dev", splits.dev, config.training.eval_beam),
                               ("test", splits.test, config.decoding.beam)):
         if not pairs:
             continue
-        hyps = translator.translate([s for s, _ in pairs], beam=beam, nbest=1)
-        scores[name] = {"beam": beam, "sentences": len(pairs),
-                        **evaluate(hyps, [t for _, t in pairs], config.data.tgt)}
-        log(f"{name}: BLEU {scores[name]['bleu']['score']:.2f} "
-            f"({scores[name]['bleu']['signature']}), beam {beam}")
+        stored = None
+        if name == "test":
+            split = get_corpus(config.data.corpus).splits[2]
+            stored = f"{config.data.corpus}-{split}-{'greedy' if beam == 1 else f'beam{beam}'}"
+        scores[name] = evaluate_model(translator, [s for s, _ in pairs], [t for _, t in pairs],
+                                      stored or name, folder if stored else None, beam=beam)
+        bleu = scores[name]["bleu"]
+        log(f"{name}: BLEU {bleu['score']:.2f} (95% CI {bleu['interval'][0]:.2f}-"
+            f"{bleu['interval'][1]:.2f}; {bleu['signature']}), "
+            f"{'greedy' if beam == 1 else f'beam {beam}'}")
     atomic_write_json(folder / mf.SCORES_FILE, scores)
     return scores
 

@@ -1,0 +1,126 @@
+"""What a training lever is worth: train one variant, score it on the dev set, record it.
+
+    python bench/levers.py --preset demo --name sampling-0.2 --set training.subword_alpha=0.2
+
+runs `train.py --preset P --set ...` (Multi30k en-de unless --corpus/--src/--tgt say
+otherwise) in a fresh process into a temporary folder, then translates the dev set (val)
+with the configured beam, and appends one record to bench/results/levers-<cpu>.json:
+the variant's settings, wall time of the whole training command (tokenizer, training,
+dev evaluations, final scoring), epochs, the best epoch's dev BLEU (the search training
+evaluates with) and dev BLEU / chrF with beam search. Levers are chosen on the dev set
+only; the test sets are scored once, for the README, by translator.evaluate.
+
+The record holds the steal share and the load average: a variant trained beside other
+work gets fewer epochs into a time budget, so compare wall-time-bounded variants only
+from quiet runs (`quiet_warning` is set otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import flops  # imports translator first: TensorFlow starts quietly
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True, help="the variant's name in the results")
+    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "base"])
+    p.add_argument("--corpus", default="multi30k")
+    p.add_argument("--src", default="en")
+    p.add_argument("--tgt", default="de")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as train.py --set (repeatable)")
+    p.add_argument("--keep", metavar="DIR", help="train into DIR and keep it (default: a "
+                   "temporary folder, deleted afterwards)")
+    p.add_argument("--trained", metavar="DIR", help="record a folder this command trained "
+                   "earlier (its own wall time from run.json) instead of training")
+    p.add_argument("--results", default="levers", help="results file name (default: levers)")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace, folder: Path) -> float:
+    """Runs train.py into folder; returns its wall time in seconds."""
+    command = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset,
+               "--corpus", args.corpus, "--src", args.src, "--tgt", args.tgt,
+               "--output", str(folder), "--overwrite", "--quiet"]
+    for item in args.set:
+        command += ["--set", item]
+    started = time.monotonic()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return time.monotonic() - started
+
+
+def dev_scores(folder: Path) -> dict:
+    """The dev set (the corpus' validation split, all of it) translated with the model's
+    configured beam and length penalty."""
+    from translator.data.corpus import load_splits
+    from translator.metrics import evaluate
+    from translator.translator import Translator
+
+    translator = Translator.load(folder)
+    data = translator.config.data
+    dev = load_splits(dataclasses.replace(data, dev_limit=None)).dev
+    started = time.monotonic()
+    hyps = translator.translate([s for s, _ in dev])
+    scores = evaluate(hyps, [t for _, t in dev], data.tgt)
+    return {"sentences": len(dev), "beam": translator.config.decoding.beam,
+            "length_penalty": translator.config.decoding.length_penalty,
+            "bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
+            "bleu_signature": scores["bleu"]["signature"],
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    info = flops.machine()
+    info["quiet_warning"] = flops.quiet_warning()
+    with tempfile.TemporaryDirectory(prefix="levers-", dir=ROOT / "data") as tmp:
+        folder = Path(args.keep or args.trained or Path(tmp) / "model")
+        seconds = None if args.trained else train(args, folder)
+        run = json.loads((folder / "run.json").read_text())
+        if seconds is None:
+            seconds = 60 * run["this_session_minutes"]
+        state = json.loads((folder / "scores.json").read_text())
+        config = (folder / "config.yaml").read_text()
+        dev = dev_scores(folder)
+    record = {
+        "name": args.name, "preset": args.preset, "pair": f"{args.src}-{args.tgt}",
+        "corpus": args.corpus, "sets": args.set, "wall_minutes": round(seconds / 60, 2),
+        "training_minutes": run["training_minutes"], "epochs": run["epochs"],
+        "steps": run["steps"], "stop_reason": run["stop_reason"],
+        "best_epoch": state["best_epoch"], "dev_during_training": state.get("dev", {}).get(
+            "bleu", {}).get("score"), "dev": dev, "config": config,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip(),
+    }
+    print(f"{args.name}: {record['epochs']} epochs in {record['wall_minutes']:.1f} min; "
+          f"dev BLEU {dev['bleu']:.2f} chrF {dev['chrf']:.2f} (beam {dev['beam']})")
+    path = flops.write_results("tmp-lever", {"machine": info, "record": record})
+    finished = json.loads(path.read_text())
+    path.unlink()
+    record.update(steal_share=finished.get("steal_share"),
+                  quiet_warning=info["quiet_warning"] or flops.quiet_warning(
+                      finished["load_average_at_end"][0]),
+                  load_average_at_end=finished["load_average_at_end"],
+                  cpu_model=info["cpu_model"])
+    results = path.with_name(path.name.replace("tmp-lever", args.results))
+    history = json.loads(results.read_text()) if results.exists() else []
+    history.append(record)
+    results.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    print(f"recorded in {results.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
