@@ -114,6 +114,28 @@ def test_save_then_load_gives_identical_logits(tmp_path, attention, input_feedin
     np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
 
 
+def test_word_dropout_drops_whole_words_in_training_only(tmp_path):
+    """Each position's embedding is kept whole (scaled by 1/(1-rate)) or zeroed whole, at
+    about the rate; inference is untouched; the setting survives save and load."""
+    model = make_model(word_dropout=0.25)
+    embedded = tf.ones((64, 30, 16))
+    dropped = np.asarray(model._drop_words(embedded, training=True))
+    per_position = dropped.reshape(-1, 16)
+    np.testing.assert_allclose(np.unique(per_position), [0.0, 1 / 0.75], rtol=1e-6)
+    assert (per_position.min(axis=1) == per_position.max(axis=1)).all()  # whole words
+    assert abs((per_position[:, 0] == 0).mean() - 0.25) < 0.03
+    np.testing.assert_array_equal(np.asarray(model._drop_words(embedded, training=False)),
+                                  np.asarray(embedded))
+    inputs = batch()
+    kept = np.asarray(model(inputs))
+    model.word_dropout = None
+    np.testing.assert_array_equal(np.asarray(model(inputs)), kept)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_config()["word_dropout"] == 0.25 and loaded.word_dropout.rate == 0.25
+    assert make_model().word_dropout is None  # no layer (and no seed state) when off
+
+
 def test_tied_and_shared_embeddings_use_one_matrix():
     tied = make_model(tie_embeddings=True, share_embeddings=True)
     untied = make_model(tie_embeddings=False, share_embeddings=False)

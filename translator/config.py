@@ -67,6 +67,7 @@ class ModelConfig:
     attention: str = "general"  # dot | general | additive
     input_feeding: bool = False
     dropout: float = 0.3
+    word_dropout: float = 0.0  # training: drop whole source and target words (embeddings)
     tie_embeddings: bool = True  # target embedding doubles as the output projection
     share_embeddings: bool = True  # one embedding for source and target (joint vocabulary only)
 
@@ -223,6 +224,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be positive, not {flat[key]!r}")
     checks = [
         ("model.dropout", 0 <= flat["model.dropout"] < 1, "must be in [0, 1)"),
+        ("model.word_dropout", 0 <= flat["model.word_dropout"] < 1, "must be in [0, 1)"),
         ("training.label_smoothing", 0 <= flat["training.label_smoothing"] < 1,
          "must be in [0, 1)"),
         ("training.plateau_factor", 0 < flat["training.plateau_factor"] <= 1, "must be in (0, 1]"),

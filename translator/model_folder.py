@@ -59,7 +59,7 @@ def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:
         encoder_units=m.encoder_units, encoder_layers=m.encoder_layers,
         decoder_units=m.decoder_units, decoder_layers=m.decoder_layers, attention=m.attention,
         input_feeding=m.input_feeding, dropout=m.dropout, tie_embeddings=m.tie_embeddings,
-        share_embeddings=m.share_embeddings and tokenizer.joint,
+        share_embeddings=m.share_embeddings and tokenizer.joint, word_dropout=m.word_dropout,
         dtype=resolve_precision(config.training.precision),
     )
     model.use_operations(kernels.choose_operations())

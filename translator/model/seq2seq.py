@@ -54,6 +54,7 @@ class Seq2Seq(keras.Model):
         dropout: float = 0.3,
         tie_embeddings: bool = True,
         share_embeddings: bool = True,
+        word_dropout: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -66,6 +67,7 @@ class Seq2Seq(keras.Model):
             encoder_layers=encoder_layers, decoder_units=decoder_units,
             decoder_layers=decoder_layers, attention=attention, input_feeding=input_feeding,
             dropout=dropout, tie_embeddings=tie_embeddings, share_embeddings=share_embeddings,
+            word_dropout=word_dropout,
         )
         self.input_feeding, self.tie_embeddings = input_feeding, tie_embeddings
         dtype = self.dtype_policy  # sublayers share it: float32, or mixed_bfloat16 (see training)
@@ -84,6 +86,9 @@ class Seq2Seq(keras.Model):
                                         dtype=dtype)
         self.attentional.build((None, 2 * encoder_units + decoder_units))  # read as weights
         self.dropout = Dropout(dropout, dtype=dtype)
+        # whole words: a position's embedding zeroed (one draw per position, not per unit)
+        self.word_dropout = (Dropout(word_dropout, noise_shape=(None, None, 1), dtype=dtype,
+                                     name="word_dropout") if word_dropout else None)
         if not tie_embeddings:
             self.output_proj = layers.Dense(tgt_vocab_size, name="output_proj", dtype=dtype)
             self.output_proj.build((None, attentional_dim))  # read as weights, not called
@@ -125,8 +130,8 @@ class Seq2Seq(keras.Model):
         """Teacher-forced logits for every target position (see the class docstring)."""
         source, target_in = inputs["source"], inputs["target_in"]
         memory, mask, state = self.encode(source, training=training)
-        embedded = self.dropout(self.tgt_embedding(target_in) * self.embed_scale,
-                                training=training)
+        embedded = self.dropout(self._drop_words(self.tgt_embedding(target_in) * self.embed_scale,
+                                                 training), training=training)
         if self.input_feeding:
             attentional = self._feed_loop(embedded, state, training)
         else:
@@ -139,6 +144,13 @@ class Seq2Seq(keras.Model):
         # in the compute dtype: the loss reads bfloat16 logits as they are and computes in
         # float32 (a cast would be a pass over [batch, tgt_len, vocab] each way)
         return self.logits(self.dropout(attentional, training=training), float32=False)
+
+    def _drop_words(self, embedded, training):
+        """Word dropout (training only): embedded [batch, len, emb] with whole positions
+        zeroed at the rate model.word_dropout, so the network cannot lean on any one word."""
+        if self.word_dropout is None:
+            return embedded
+        return self.word_dropout(embedded, training=training)
 
     def _feed_loop(self, embedded, state, training):
         """Input feeding over time: embedded [batch, tgt_len, emb] -> [batch, tgt_len, att].
@@ -199,7 +211,8 @@ class Seq2Seq(keras.Model):
         [batch, src_len], and the initial decoder state (a dict; see decode_step).
         for_search: the decoder's weights prepared for a search (see decode_step)."""
         mask = ops.not_equal(source, PAD_ID)
-        embedded = self.dropout(self.src_embedding(source) * self.embed_scale, training=training)
+        embedded = self.dropout(self._drop_words(self.src_embedding(source) * self.embed_scale,
+                                                 training), training=training)
         memory, h, c = self.encoder(embedded, mask=mask, training=training)
         state = {
             "lstm": self.bridge(h, c),
