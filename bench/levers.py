@@ -49,16 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train(args: argparse.Namespace, folder: Path) -> float:
-    """Runs train.py into folder; returns its wall time in seconds."""
+def train(args: argparse.Namespace, folder: Path) -> tuple[float, list[str]]:
+    """Runs train.py into folder; returns its wall time in seconds and its log lines."""
     command = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset,
                "--corpus", args.corpus, "--src", args.src, "--tgt", args.tgt,
                "--output", str(folder), "--overwrite", "--quiet"]
     for item in args.set:
         command += ["--set", item]
     started = time.monotonic()
-    subprocess.run(command, check=True, cwd=ROOT)
-    return time.monotonic() - started
+    run = subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    print(run.stdout, end="", flush=True)
+    return time.monotonic() - started, run.stdout.splitlines()
 
 
 def dev_scores(folder: Path) -> dict:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     info["quiet_warning"] = flops.quiet_warning()
     with tempfile.TemporaryDirectory(prefix="levers-", dir=ROOT / "data") as tmp:
         folder = Path(args.keep or args.trained or Path(tmp) / "model")
-        seconds = None if args.trained else train(args, folder)
+        seconds, log = (None, []) if args.trained else train(args, folder)
         run = json.loads((folder / "run.json").read_text())
         if seconds is None:
             seconds = 60 * run["this_session_minutes"]
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         "steps": run["steps"], "stop_reason": run["stop_reason"],
         "best_epoch": state["best_epoch"], "dev_during_training": state.get("dev", {}).get(
             "bleu", {}).get("score"), "dev": dev, "config": config,
+        "dev_per_epoch": [line for line in log if line.startswith("epoch ")],
+        "average": next((line for line in log if line.startswith("average of the last")),
+                        None),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip(),
     }

@@ -67,7 +67,9 @@ def test_paired_tests_tell_a_real_difference_from_none(test_pairs):
      ["on the grass"]),
     ("a man in a blue shirt", "a man in a blue shirt", []),  # repeated words, no n-gram
     ("a b a b", "a b a b", []),  # as often as in the reference
-    ("x y x y x y", "x y", ["x y x y"]),  # the shorter repeats lie inside it
+    ("x y x y x y", "x y", ["x y x y"]),
+    ("von zwei anderen Frauen , die von zwei anderen Frauen", "zwei Frauen",
+     ["von zwei anderen Frauen"]),  # once, not as its overlapping 2- and 3-grams  # the shorter repeats lie inside it
 ])
 def test_repeated_ngrams(hyp, ref, expected):
     assert report.repeated_ngrams(hyp.split(), ref.split()) == expected

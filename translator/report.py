@@ -35,11 +35,12 @@ def _tokenizer(name: str):
     return BLEU(tokenize=name).tokenizer
 
 
-def repeated_ngrams(hypothesis: Sequence[str], reference: Sequence[str], max_n: int = 4
+def repeated_ngrams(hypothesis: Sequence[str], reference: Sequence[str], max_n: int = 8
                     ) -> list[str]:
     """The n-grams (2 <= n <= max_n) that occur more than once in the hypothesis and more
     often than in the reference, longest first; shorter ones inside a reported longer one
-    are left out ("a man a man" reports "a man", not also "a" twice)."""
+    are left out ("a man a man" reports "a man"; a repeated six-word span is reported
+    once, not as its overlapping 4-grams)."""
     found: list[str] = []
     for n in range(max_n, 1, -1):
         hyp = Counter(tuple(hypothesis[i:i + n]) for i in range(len(hypothesis) - n + 1))
