@@ -67,9 +67,9 @@ def test_paired_tests_tell_a_real_difference_from_none(test_pairs):
      ["on the grass"]),
     ("a man in a blue shirt", "a man in a blue shirt", []),  # repeated words, no n-gram
     ("a b a b", "a b a b", []),  # as often as in the reference
-    ("x y x y x y", "x y", ["x y x y"]),
+    ("x y x y x y", "x y", ["x y x y"]),  # the shorter repeats lie inside it
     ("von zwei anderen Frauen , die von zwei anderen Frauen", "zwei Frauen",
-     ["von zwei anderen Frauen"]),  # once, not as its overlapping 2- and 3-grams  # the shorter repeats lie inside it
+     ["von zwei anderen Frauen"]),  # once, not as its overlapping 2- and 3-grams
 ])
 def test_repeated_ngrams(hyp, ref, expected):
     assert report.repeated_ngrams(hyp.split(), ref.split()) == expected
@@ -145,11 +145,11 @@ def test_evaluate_command_on_a_corpus_split_and_its_refusals(tiny_model, tmp_pat
     src = tmp_path / "two.en"
     src.write_text("A dog.\nA cat.\n", encoding="utf-8")
     capsys.readouterr()
-    assert evaluate.main(["--model", str(model), "--src", str(src), "--ref", str(short)]) == 1
+    assert evaluate.main(["--model", str(model), "--src", str(src), "--ref", str(short)]) == 2
     assert f"{src} has 2 lines but {short} has 1" in capsys.readouterr().err
-    assert evaluate.main(["--model", str(model), "--split", "nope"]) == 1
+    assert evaluate.main(["--model", str(model), "--split", "nope"]) == 2
     assert "has no split 'nope'" in capsys.readouterr().err
-    assert evaluate.main(["--model", str(model)]) == 1
+    assert evaluate.main(["--model", str(model)]) == 2
     assert "give --split" in capsys.readouterr().err
 
 
@@ -160,3 +160,20 @@ def test_training_stores_the_test_evaluation(tiny_model):
     assert json.loads((stored / "scores.json").read_text()) == scores["test"]
     assert scores["test"]["bleu"]["interval"][0] <= scores["test"]["bleu"]["score"]
     assert (stored / "report.html").exists()
+
+
+def test_python_m_translator_evaluate_runs_quietly_in_a_fresh_process(tiny_model, tmp_path):
+    from test_startup import CPP_LOG_LINE, run
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    src, ref = tmp_path / "a.en", tmp_path / "a.de"
+    src.write_text("A man is here.\nTwo dogs play.\n", encoding="utf-8")
+    ref.write_text("Ein Mann ist hier.\nZwei Hunde spielen.\n", encoding="utf-8")
+    result = run("-m", "translator", "evaluate", "--model", str(model), "--src", str(src),
+                 "--ref", str(ref))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("BLEU = ") and len(result.stdout.splitlines()) == 4
+    assert result.stderr.splitlines() == [
+        f"stored in {model}/evaluations/a.en-beam2/ (scores.json, hypotheses.txt, "
+        "sentences.csv, report.html)"]
+    assert not CPP_LOG_LINE.search(result.stderr)

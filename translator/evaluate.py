@@ -151,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 other, args.test, beam=beam,
                                 length_penalty=args.length_penalty)
     except (ValueError, OSError) as err:  # every error of ours is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        from translator.cli import _fail
+
+        return _fail(str(err))
     print("\n".join(summary_lines(result)))
     print(f"stored in {Path(args.model) / EVALUATIONS_DIR / name}/ (scores.json, "
           "hypotheses.txt, sentences.csv, report.html)", file=sys.stderr)
