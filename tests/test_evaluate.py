@@ -32,11 +32,14 @@ def test_bootstrap_interval_holds_the_score_and_is_reproducible(test_pairs):
     for name in metrics.METRICS:
         score = first[name]
         low, high = score["interval"]
-        assert low < score["score"] < high and high - low == pytest.approx(2 * score["ci"])
-        assert "bs:1000" in score["signature"]
+        assert low < score["score"] < high
+        assert score["signature"].startswith("nrefs:1|bs:1000|seed:12345|")
         plain = metrics.corpus_score(name, hyps, refs, "de")
-        assert plain.score == pytest.approx(score["score"]) and plain.ci is None
-    assert 0 < first["bleu"]["ci"] < 10  # 100 sentences: an interval of a few BLEU points
+        assert plain.score == pytest.approx(score["score"]) and plain.interval is None
+        assert plain.signature == score["signature"].replace("bs:1000|seed:12345|", "")
+    low, high = first["bleu"]["interval"]
+    assert 2 < high - low < 20  # 100 sentences: an interval of several BLEU points
+    assert first["bleu_lowercase"]["name"] == "BLEU (lowercased)"
 
 
 def test_paired_tests_tell_a_real_difference_from_none(test_pairs):
@@ -57,6 +60,9 @@ def test_paired_tests_tell_a_real_difference_from_none(test_pairs):
         assert all(alike[n]["p_value"] > 0.05 for n in ("bleu", "chrf", "ter")), alike
         same = metrics.paired_test(shuffled, shuffled, refs, "de", test)
         assert all(same[n]["p_value"] == 1 for n in ("bleu", "chrf", "ter"))
+        one_line_apart = shuffled[:-1] + [shuffled[-1] + " ."]
+        close = metrics.paired_test(shuffled, one_line_apart, refs, "de", test)
+        assert all(close[n]["p_value"] > 0.05 for n in ("bleu", "chrf", "ter")), close
     with pytest.raises(ValueError, match="100 hypotheses but 99 lines in the other output"):
         metrics.paired_test(refs, shuffled[:-1], refs, "de")
 
@@ -88,7 +94,15 @@ def test_report_rows_are_worst_first_with_lengths_and_repeats():
     assert rows[1]["length_ratio"] == pytest.approx(3 / 4)
 
 
-def test_chinese_report_counts_characters(test_pairs):
+def test_chinese_scores_count_characters():
+    """TER and BLEU on unsegmented Chinese: one wrong character of four, not one wrong
+    sentence-long word."""
+    ter = metrics.ter(["我爱你。"], ["我爱他。"], "zh-CN")
+    assert ter.score == pytest.approx(25.0) and "asian:yes" in ter.signature
+    assert metrics.bleu_tokenizer("zh_Hant") == "zh" == metrics.bleu_tokenizer("cmn")
+
+
+def test_chinese_report_counts_characters():
     rows = report.rows(["I love you."], ["我爱你。"], ["我爱你爱你。"], "zh")
     assert rows[0]["length_ratio"] == pytest.approx(6 / 4)
     assert rows[0]["repeated"] == "爱 你"
@@ -125,7 +139,7 @@ def test_evaluate_command_stores_scores_report_and_comparison(
     assert hyps == translator.translate([s for s, _ in test_pairs], beam=2)
     assert scores["bleu"]["score"] == pytest.approx(
         metrics.bleu(hyps, [t for _, t in test_pairs], "de").score)
-    with open(stored / "sentences.csv", encoding="utf-8") as f:
+    with open(stored / "sentences.csv", encoding="utf-8-sig") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 100 and set(table[0]) == set(report.COLUMNS)
     assert [float(r["bleu"]) for r in table] == sorted(float(r["bleu"]) for r in table)
@@ -151,6 +165,14 @@ def test_evaluate_command_on_a_corpus_split_and_its_refusals(tiny_model, tmp_pat
     assert "has no split 'nope'" in capsys.readouterr().err
     assert evaluate.main(["--model", str(model)]) == 2
     assert "give --split" in capsys.readouterr().err
+    assert evaluate.main(["--model", str(model), "--split", "val", "--name", "../x"]) == 2
+    assert "--name '../x'" in capsys.readouterr().err
+    assert evaluate.main(["--model", str(model), "--split", "val", "--compare", str(short)]) == 2
+    assert "1014 sources, 1014 references, 1 lines in the output to compare" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (model / "evaluations").iterdir()) == [
+        "multi30k-test_2016_flickr-beam2",  # by training
+        "multi30k-test_2016_flickr-greedy"]  # nothing by the refused ones, no temporaries
 
 
 def test_training_stores_the_test_evaluation(tiny_model):

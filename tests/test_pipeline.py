@@ -89,3 +89,34 @@ def test_subword_sampling_draws_new_segmentations_each_epoch_that_decode_to_the_
         second, planned_on_usual_lengths, "target")
     x, y = make_batch(second, plan[0])
     assert y.shape[1] == lengths[plan[0]].max() + 1
+
+
+def test_a_resumed_run_sees_the_same_sampled_batches_and_long_samples_fall_back(
+        tiny_model, multi30k_slice):
+    """Resuming at (epoch 1, step 3) gives the batches an uninterrupted run gives there,
+    from a fresh TrainingBatches (as after a restart). With max_tokens, a pair whose
+    drawn segmentation is too long keeps its usual one."""
+    tokenizer = Tokenizer.load(tiny_model)
+    pairs = multi30k_slice["train"][:200]
+    encoded = encode_pairs(tokenizer, pairs)
+
+    def batches():
+        sampler = SubwordSampler(tokenizer, pairs, encoded, alpha=0.1, nbest=-1, seed=3)
+        return TrainingBatches(encoded, 32, 1, seed=3, resample=sampler)
+
+    steps = batches().steps_per_epoch
+    whole = list(batches().dataset(0, 0).take(2 * steps).as_numpy_iterator())
+    resumed = list(batches().dataset(1, 3).take(steps - 3).as_numpy_iterator())
+    for (x, y), (rx, ry) in zip(whole[steps + 3:], resumed):
+        np.testing.assert_array_equal(x["source"], rx["source"])
+        np.testing.assert_array_equal(ry, y)
+    limit = int(np.percentile([len(s) for s in encoded.source], 90))
+    capped = SubwordSampler(tokenizer, pairs, encoded, 0.1, -1, seed=3, max_tokens=limit)(0)
+    free = SubwordSampler(tokenizer, pairs, encoded, 0.1, -1, seed=3)(0)
+    fell_back = [i for i in range(len(free)) if len(free.source[i]) > limit
+                 or len(free.target[i]) + 1 > limit]
+    assert fell_back
+    for i in range(len(free)):
+        expected = encoded if i in fell_back else free
+        np.testing.assert_array_equal(capped.source[i], expected.source[i])
+        np.testing.assert_array_equal(capped.target[i], expected.target[i])

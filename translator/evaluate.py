@@ -21,13 +21,14 @@ train.py scores the test split of its corpus with the same code when training en
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from translator import report as report_lib
-from translator.io_utils import atomic_write_bytes, atomic_write_json
+from translator.io_utils import atomic_directory, atomic_write_bytes, atomic_write_json
 from translator.metrics import BOOTSTRAP, Score, evaluate, paired_test
 
 EVALUATIONS_DIR = "evaluations"
@@ -39,24 +40,40 @@ def score_outputs(sources: Sequence[str], references: Sequence[str], hypotheses:
                   meta: dict | None = None) -> dict:
     """Scores hypotheses (with bootstrap intervals, and against `other` if given); with a
     folder, writes scores.json, hypotheses.txt, sentences.csv and report.html into it."""
-    if not len(sources) == len(references) == len(hypotheses):
-        raise ValueError(f"{len(sources)} sources, {len(references)} references and "
-                         f"{len(hypotheses)} translations: the counts must be equal")
+    _check_counts(sources, references, hypotheses, other)
     result = {**(meta or {}), "sentences": len(sources), "language": language,
               **evaluate(hypotheses, references, language, bootstrap=BOOTSTRAP)}
     if other is not None:
         result["compare"] = {"test": test, **paired_test(hypotheses, other, references,
                                                          language, test)}
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        text = "".join(h.replace("\n", " ") + "\n" for h in hypotheses)
-        atomic_write_bytes(folder / "hypotheses.txt", text.encode("utf-8"))
-        rows = report_lib.rows(sources, references, hypotheses, language)
-        report_lib.write_csv(folder / "sentences.csv", rows)
-        summary = {k: result[k] for k in ("bleu", "bleu_lowercase", "chrf", "ter")}
-        report_lib.write_html(folder / "report.html", rows, title, summary)
-        atomic_write_json(folder / "scores.json", result)
+        _write(folder, sources, references, hypotheses, language, title, result)
     return result
+
+
+def _check_counts(sources, references, hypotheses=None, other=None) -> None:
+    counts = {"sources": len(sources), "references": len(references)}
+    if hypotheses is not None:
+        counts["translations"] = len(hypotheses)
+    if other is not None:
+        counts["lines in the output to compare"] = len(other)
+    if len(set(counts.values())) > 1:
+        raise ValueError(", ".join(f"{n} {what}" for what, n in counts.items())
+                         + ": the counts must be equal")
+
+
+def _write(folder: Path, sources, references, hypotheses, language: str, title: str,
+           result: dict) -> None:
+    """Writes the evaluation folder whole (an interrupted evaluation leaves the previous
+    one in place, never a mix of the two)."""
+    with atomic_directory(folder) as tmp:
+        text = "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses)
+        atomic_write_bytes(tmp / "hypotheses.txt", text.encode("utf-8"))
+        rows = report_lib.rows(sources, references, hypotheses, language)
+        report_lib.write_csv(tmp / "sentences.csv", rows)
+        summary = {k: result[k] for k in ("bleu", "bleu_lowercase", "chrf", "ter")}
+        report_lib.write_html(tmp / "report.html", rows, title, summary)
+        atomic_write_json(tmp / "scores.json", result)
 
 
 def evaluate_model(translator, sources: Sequence[str], references: Sequence[str], name: str,
@@ -82,9 +99,8 @@ def evaluate_model(translator, sources: Sequence[str], references: Sequence[str]
 
 def summary_lines(result: dict) -> list[str]:
     """The scores as printed: one line per metric, then the comparison if any."""
-    lines = [str(Score(**{k: v for k, v in result[m].items() if k != "interval"}))
-             for m in ("bleu", "bleu_lowercase", "chrf", "ter")]
-    lines[1] = lines[1].replace("BLEU", "BLEU (lowercased)", 1)
+    lines = [str(Score(s["name"], s["score"], s["signature"], s.get("interval")))
+             for s in (result[m] for m in ("bleu", "bleu_lowercase", "chrf", "ter"))]
     for metric, c in result.get("compare", {}).items():
         if metric == "test":
             continue
@@ -136,6 +152,17 @@ def _test_data(args: argparse.Namespace, config) -> tuple[list[str], list[str], 
     return sources, references, Path(args.src).name.removesuffix(".gz")
 
 
+def _name(args: argparse.Namespace, data: str, beam: int) -> str:
+    """The evaluation's folder name: --name, or the data, search and length penalty."""
+    if args.name is not None:
+        if not re.fullmatch(r"[\w.-]+", args.name) or args.name in (".", ".."):
+            raise ValueError(f"--name {args.name!r}: use letters, digits, '.', '-' and '_' "
+                             "(it names a folder inside the model folder)")
+        return args.name
+    name = f"{data}-{'greedy' if beam == 1 else f'beam{beam}'}"
+    return name if args.length_penalty is None else f"{name}-lp{args.length_penalty:g}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from translator.data.corpus import read_lines
@@ -145,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         translator = Translator.load(args.model)
         sources, references, name = _test_data(args, translator.config)
         other = list(read_lines(args.compare)) if args.compare else None
+        _check_counts(sources, references, other=other)  # before translating
+        name = _name(args, name, args.beam or translator.config.decoding.beam)
         beam = args.beam or translator.config.decoding.beam
-        name = args.name or f"{name}-{'greedy' if beam == 1 else f'beam{beam}'}"
         result = evaluate_model(translator, sources, references, name, Path(args.model),
                                 other, args.test, beam=beam,
                                 length_penalty=args.length_penalty)

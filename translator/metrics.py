@@ -2,16 +2,20 @@
 confidence intervals by bootstrap resampling, paired significance tests and per-sentence
 scores.
 
-Bootstrap resampling and the paired tests draw from sacreBLEU's generator, seeded by
-$SACREBLEU_SEED (12345 unless set; the seed is part of the signature): the same
-outputs give the same intervals and p-values.
+Resampling works on sacreBLEU's per-sentence sufficient statistics (n-gram matches,
+character n-gram counts, edits), summed over the drawn sentences and scored as sacreBLEU
+scores a corpus. Draws are seeded by $SACREBLEU_SEED (12345 unless set), as sacreBLEU's
+own resampling is, and the seed is in the signature: the same outputs give the same
+intervals and p-values.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+import numpy as np
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 
@@ -24,25 +28,24 @@ class Score:
     name: str
     score: float
     signature: str
-    # with bootstrap resampling: the resamples' mean and the 95% interval's half-width
-    mean: float | None = None
-    ci: float | None = None
+    interval: tuple[float, float] | None = None  # 95%, from bootstrap resampling
 
     def __str__(self) -> str:
-        interval = f" (95% CI {self.mean - self.ci:.2f}-{self.mean + self.ci:.2f})" \
-            if self.ci is not None else ""
+        interval = (f" (95% CI {self.interval[0]:.2f}-{self.interval[1]:.2f})"
+                    if self.interval else "")
         return f"{self.name} = {self.score:.2f}{interval}  ({self.signature})"
 
     def to_dict(self) -> dict:
-        """name, score, signature; mean, ci and the interval where there was a bootstrap."""
-        if self.ci is None:
-            return {"name": self.name, "score": self.score, "signature": self.signature}
-        return {**asdict(self), "interval": [self.mean - self.ci, self.mean + self.ci]}
+        """name, score, signature, and the interval where there was a bootstrap."""
+        out = {"name": self.name, "score": self.score, "signature": self.signature}
+        return {**out, "interval": list(self.interval)} if self.interval else out
 
 
 def bleu_tokenizer(language: str) -> str:
-    """sacreBLEU's tokenizer for a target language: 'zh' for Chinese, '13a' otherwise."""
-    return "zh" if language.lower() in ("zh", "cmn", "zho", "chinese") else "13a"
+    """sacreBLEU's tokenizer for a target language: 'zh' for Chinese (zh, zh-CN, zh_Hant,
+    cmn, ...), '13a' otherwise."""
+    primary = language.lower().replace("_", "-").split("-")[0]
+    return "zh" if primary in ("zh", "cmn", "zho", "chinese") else "13a"
 
 
 def metric(name: str, language: str = "en") -> Metric:
@@ -55,8 +58,9 @@ def metric(name: str, language: str = "en") -> Metric:
         return BLEU(tokenize=tokenize, lowercase=True)
     if name == "chrf":
         return CHRF()
-    if name == "ter":
-        return TER(asian_support=tokenize == "zh")
+    if name == "ter":  # sacreBLEU splits Chinese characters only when it normalises
+        chinese = tokenize == "zh"
+        return TER(normalized=chinese, asian_support=chinese)
     raise ValueError(f"unknown metric {name!r}: bleu, bleu_lowercase, chrf or ter")
 
 
@@ -71,16 +75,46 @@ def _check(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list, 
 
 def corpus_score(name: str, hypotheses: Sequence[str], references: Sequence[str],
                  language: str = "en", bootstrap: int = 0) -> Score:
-    """One corpus-level score; with bootstrap > 1, also its 95% confidence interval
-    from that many resamples of the sentences."""
+    """One corpus-level score; with bootstrap > 1, also its 95% confidence interval: the
+    2.5th and 97.5th percentiles of the scores of that many resamples of the sentences."""
     hyps, refs = _check(hypotheses, references)
     scorer = metric(name, language)
-    if bootstrap > 1:
-        result = scorer.corpus_score(hyps, refs, n_bootstrap=bootstrap)
-        return Score(result.name, result.score, str(scorer.get_signature()),
-                     float(result._mean), float(result._ci))
-    result = scorer.corpus_score(hyps, refs)
-    return Score(result.name, result.score, str(scorer.get_signature()))
+    label = "BLEU (lowercased)" if name == "bleu_lowercase" else None
+    if bootstrap <= 1:
+        result = scorer.corpus_score(hyps, refs)
+        return Score(label or result.name, result.score, str(scorer.get_signature()))
+    stats = _statistics(scorer, hyps, refs)
+    result = scorer._compute_score_from_stats(list(stats.sum(0)))
+    draws = _rng().integers(len(hyps), size=(bootstrap, len(hyps)))
+    scores = [_score(scorer, stats[d].sum(0)) for d in draws]
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return Score(label or result.name, result.score, _signature(scorer, f"bs:{bootstrap}"),
+                 (float(low), float(high)))
+
+
+def _statistics(scorer: Metric, hypotheses: list[str], references: list[list[str]]
+                ) -> np.ndarray:
+    """sacreBLEU's sufficient statistics per sentence: float64 [sentences, k]."""
+    return np.asarray(scorer._extract_corpus_statistics(hypotheses, references), np.float64)
+
+
+def _score(scorer: Metric, summed: np.ndarray) -> float:
+    return scorer._compute_score_from_stats(list(summed)).score
+
+
+def _seed() -> int:
+    return int(os.environ.get("SACREBLEU_SEED", "12345"))
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(_seed())
+
+
+def _signature(scorer: Metric, resampling: str) -> str:
+    """The metric's signature with the resampling and its seed after nrefs, as sacreBLEU
+    writes them (e.g. nrefs:1|bs:1000|seed:12345|case:mixed|...)."""
+    first, _, rest = str(scorer.get_signature()).partition("|")
+    return f"{first}|{resampling}|seed:{_seed()}|{rest}"
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str], language: str = "en",
@@ -110,33 +144,49 @@ def paired_test(hypotheses: Sequence[str], other: Sequence[str], references: Seq
                 language: str, test: str = "bs") -> dict:
     """Is the difference between two systems' outputs on the same sources significant?
 
-    test "bs": paired bootstrap resampling (Koehn 2004), "ar": approximate randomisation
-    (Riezler and Maxwell 2005), both as sacreBLEU runs them for BLEU, chrF and TER.
-    Returns per metric: both scores, the p-value of the other system's difference from
-    this one, and the test's signature. Identical outputs are not tested (sacreBLEU
-    would give them the smallest p-value: it counts only larger differences than the
-    observed one, and no sample exceeds a zero difference); they get p = 1.
+    test "bs": paired bootstrap resampling (Koehn 2004): both systems are scored on the
+    same resamples of the sentences, and p is the share of resamples whose difference,
+    centred on the resamples' mean, is at least the observed one. "ar": approximate
+    randomisation (Riezler and Maxwell 2005): each trial swaps the two systems' outputs of
+    a random half of the sentences, and p is the share of trials whose difference is at
+    least the observed one. Both as sacreBLEU runs them, except that a trial that ties
+    the observed difference counts (sacreBLEU counts only larger ones, which makes two
+    systems that differ in a sentence or two, or not at all, look significant).
+    p = (count + 1) / (trials + 1). Returns per metric (bleu, chrf, ter): both scores, p,
+    and the signature.
     """
-    from sacrebleu.significance import PairedTest
-
     hyps, refs = _check(hypotheses, references)
     if len(other) != len(hyps):
         raise ValueError(f"{len(hyps)} hypotheses but {len(other)} lines in the other output")
     if test not in ("bs", "ar"):
         raise ValueError(f"test must be 'bs' (paired bootstrap) or 'ar', not {test!r}")
-    names = ("bleu", "chrf", "ter")
-    if list(other) == hyps:
-        scores = {n: corpus_score(n, hyps, references, language) for n in names}
-        return {n: {"this": scores[n].score, "other": scores[n].score, "p_value": 1.0,
-                    "signature": "identical outputs, not tested"} for n in names}
-    paired = PairedTest([("this", hyps), ("other", list(other))],
-                        {n: metric(n, language) for n in names}, refs, test_type=test,
-                        n_samples=BOOTSTRAP if test == "bs" else RANDOMISATION)
-    signatures, results = paired()  # keyed by the scores' names (BLEU, chrF2, TER), in order
-    keys = [k for k in results if k != "System"]
-    return {n: {"this": results[k][0].score, "other": results[k][1].score,
-                "p_value": results[k][1].p_value, "signature": str(signatures[k])}
-            for n, k in zip(names, keys)}
+    trials = BOOTSTRAP if test == "bs" else RANDOMISATION
+    out = {}
+    for name in ("bleu", "chrf", "ter"):
+        scorer = metric(name, language)
+        this, that = _statistics(scorer, hyps, refs), _statistics(scorer, list(other), refs)
+        observed = abs(_score(scorer, this.sum(0)) - _score(scorer, that.sum(0)))
+        differences = (_bootstrap_differences if test == "bs" else _randomised_differences)(
+            scorer, this, that, trials)
+        count = int(np.sum(differences >= observed - 1e-9 * max(1.0, observed)))
+        out[name] = {"this": _score(scorer, this.sum(0)), "other": _score(scorer, that.sum(0)),
+                     "p_value": (count + 1) / (trials + 1),
+                     "signature": _signature(scorer, f"{test}:{trials}")}
+    return out
+
+
+def _bootstrap_differences(scorer, this: np.ndarray, that: np.ndarray, trials: int):
+    draws = _rng().integers(len(this), size=(trials, len(this)))
+    differences = np.abs([_score(scorer, this[d].sum(0)) - _score(scorer, that[d].sum(0))
+                          for d in draws])
+    return differences - differences.mean()
+
+
+def _randomised_differences(scorer, this: np.ndarray, that: np.ndarray, trials: int):
+    swap = _rng().integers(2, size=(trials, len(this))).astype(np.float64)
+    first = swap @ that + (1 - swap) @ this
+    second = swap @ this + (1 - swap) @ that
+    return np.abs([_score(scorer, a) - _score(scorer, b) for a, b in zip(first, second)])
 
 
 def sentence_scores(hypotheses: Sequence[str], references: Sequence[str], language: str = "en"

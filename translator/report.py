@@ -74,7 +74,8 @@ def write_csv(path: Path, report: Sequence[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(report)
-    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+    # with a byte order mark: spreadsheet programs then read the file as UTF-8
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8-sig"))
 
 
 _STYLE = """

@@ -8,6 +8,7 @@ nothing on the hot path (arrays are padded once per batch here) and prefetches.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -62,13 +63,19 @@ class SubwordSampler:
 
     `sampler(epoch)` encodes the pairs that `encoded` kept (its length filter used the
     usual, most likely segmentation) with Tokenizer.sample, seeded by (seed, epoch): a
-    resumed run draws the same segmentations again. Translation always encodes the
+    resumed run draws the same segmentations again. A pair whose drawn segmentation has
+    a side longer than max_tokens keeps its usual one (sampled segmentations are longer:
+    a smaller alpha, longer sequences, slower steps). Translation always encodes the
     source the usual way.
     """
 
     def __init__(self, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
-                 encoded: EncodedPairs, alpha: float, nbest: int, seed: int) -> None:
+                 encoded: EncodedPairs, alpha: float, nbest: int, seed: int,
+                 max_tokens: int | None = None) -> None:
+        if len(encoded.kept) != len(encoded):
+            raise ValueError("SubwordSampler needs the EncodedPairs that encode_pairs made")
         self.tokenizer, self.alpha, self.nbest, self.seed = tokenizer, alpha, nbest, seed
+        self.usual, self.max_tokens = encoded, max_tokens
         self.sources = [pairs[i][0] for i in encoded.kept]
         self.targets = [pairs[i][1] for i in encoded.kept]
 
@@ -76,7 +83,13 @@ class SubwordSampler:
         seed = int(np.random.default_rng([self.seed, epoch]).integers(2**31 - 1))
         src = self.tokenizer.sample(self.sources, "src", self.alpha, self.nbest, seed)
         tgt = self.tokenizer.sample(self.targets, "tgt", self.alpha, self.nbest, seed + 1)
-        return _arrays(src, tgt, list(range(len(src))), dropped=0)
+        sampled = _arrays(src, tgt, list(range(len(src))), dropped=0)
+        if self.max_tokens is not None:
+            for i, (s, t) in enumerate(zip(sampled.source, sampled.target)):
+                if len(s) > self.max_tokens or len(t) + 1 > self.max_tokens:
+                    sampled.source[i] = self.usual.source[i]
+                    sampled.target[i] = self.usual.target[i]
+        return sampled
 
 
 def encode_sources(tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
@@ -144,16 +157,24 @@ class TrainingBatches:
         self.bucket_width, self.seed = bucket_width, seed
         self.steps_per_epoch = -(-len(data) // batch_size)
         self._sampled: tuple[int, EncodedPairs] | None = None
+        # a finished epoch's dataset may still be prefetching into the next epoch while
+        # the next one's generator starts: one resampling at a time, kept for both
+        self._lock = threading.Lock()
 
     def epoch_data(self, epoch: int) -> EncodedPairs:
         if self.resample is None:
             return self.data
-        if self._sampled is None or self._sampled[0] != epoch:
-            self._sampled = (epoch, self.resample(epoch))
-        return self._sampled[1]
+        with self._lock:
+            if self._sampled is None or self._sampled[0] != epoch:
+                sampled = self.resample(epoch)
+                if len(sampled) != len(self.data):
+                    raise ValueError(f"resampling gave {len(sampled)} pairs, not {len(self.data)}")
+                self._sampled = (epoch, sampled)
+            return self._sampled[1]
 
-    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-        data = self.epoch_data(epoch)
+    def epoch_plan(self, epoch: int, data: EncodedPairs | None = None) -> list[np.ndarray]:
+        """The epoch's batches (index arrays), planned on the lengths of its pairs."""
+        data = self.epoch_data(epoch) if data is None else data
         source_lengths = np.array([len(s) for s in data.source])
         target_lengths = np.array([len(t) + 1 for t in data.target])  # EOS / BOS added
         return plan_batches(source_lengths, target_lengths, self.batch_size,
@@ -163,7 +184,7 @@ class TrainingBatches:
         epoch = first_epoch
         while True:
             data = self.epoch_data(epoch)
-            for indices in self.epoch_plan(epoch)[skip:]:
+            for indices in self.epoch_plan(epoch, data)[skip:]:
                 yield make_batch(data, indices)
             epoch, skip = epoch + 1, 0
 

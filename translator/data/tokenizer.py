@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "spm.src.model", "spm.tgt.model"
+
+
+_SAMPLING = threading.Lock()
 
 
 class TokenizerError(ValueError):
@@ -144,9 +148,10 @@ class Tokenizer:
         smaller alpha draws more varied, longer segmentations; BPE models drop merges with
         probability alpha (BPE-dropout). The same seed draws the same segmentations:
         SentencePiece's generator is seeded and encoding runs on one thread."""
-        spm.set_random_generator_seed(seed)
-        return self._side(side).encode(list(texts), out_type=int, enable_sampling=True,
-                                       alpha=alpha, nbest_size=nbest, num_threads=1)
+        with _SAMPLING:  # the generator's seed is one for the whole process
+            spm.set_random_generator_seed(seed)
+            return self._side(side).encode(list(texts), out_type=int, enable_sampling=True,
+                                           alpha=alpha, nbest_size=nbest, num_threads=1)
 
     def decode(self, ids: Sequence[Sequence[int]], side: str = "tgt") -> list[str]:
         """Batch decode; pad, bos and eos ids are ignored."""

@@ -67,7 +67,8 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
         f"{train_ids.dropped_too_long} dropped for exceeding {config.data.max_tokens} subwords")
     cfg = config.training
     resample = (SubwordSampler(tokenizer, splits.train, train_ids, cfg.subword_alpha,
-                               cfg.subword_nbest, cfg.seed) if cfg.subword_alpha else None)
+                               cfg.subword_nbest, cfg.seed, config.data.max_tokens)
+                if cfg.subword_alpha else None)
     batches = TrainingBatches(train_ids, cfg.batch_size, cfg.bucket_width, cfg.seed, resample)
     model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log)
     # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
