@@ -7,6 +7,7 @@ models/NAME/
   history.csv        one row per epoch: loss, dev loss, dev BLEU, learning rate, time
   scores.json        dev (and test) scores with sacreBLEU signatures
   run.json           the run card: data files and checksums, versions, seed, wall time, machine
+  evaluations/NAME/  scores, translations and a per-sentence report (translator.evaluate)
   checkpoint/        the latest training state, for resuming (not needed to translate)
 """
 
