@@ -587,6 +587,74 @@ def test_cli_reference_with_scores_on_a_file(tiny_model, tiny_translator, scored
 # ---- translate.py input errors ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("options", [[], ["--nbest", "2", "--beam", "2"], ["--json"],
+                                     ["--scores"]])
+def test_cli_shards_concatenated_in_order_equal_the_whole_output(
+        tiny_model, distinct, tmp_path, capsys, options):
+    """--shard I/N: the N outputs concatenated in order are byte-identical to the whole
+    file's output, in every format (the n-best and JSON line numbers are the file's)."""
+    lines = distinct[:11] + [""] + distinct[11:20]  # 21 lines, one blank
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    whole = tmp_path / "whole.txt"
+    assert translate_main(["--model", str(tiny_model), "--quiet", "--input", str(src),
+                           "--output", str(whole), *options]) == 0
+    parts = []
+    for index in (1, 2, 3, 4):
+        out = tmp_path / f"part-{index}.txt"
+        assert translate_main(["--model", str(tiny_model), "--quiet", "--input", str(src),
+                               "--output", str(out), "--shard", f"{index}/4", *options]) == 0
+        parts.append(out.read_bytes())
+    assert b"".join(parts) == whole.read_bytes()
+    if not options:
+        assert [len(p.splitlines()) for p in parts] == [5, 5, 5, 6]
+    assert "(shard 4/4)" in capsys.readouterr().err
+
+
+def test_more_shards_than_lines_gives_empty_shards(tiny_translator, distinct, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(distinct[:5]), encoding="utf-8")  # no final newline
+    tiny_translator.translate_file(src, tmp_path / "whole.txt", progress=False)
+    parts = []
+    for index in range(1, 8):
+        assert tiny_translator.translate_file(src, tmp_path / f"{index}.txt", progress=False,
+                                              shard=(index, 7)) == (index * 5 // 7
+                                                                    - (index - 1) * 5 // 7)
+        parts.append((tmp_path / f"{index}.txt").read_bytes())
+    assert b"".join(parts) == (tmp_path / "whole.txt").read_bytes()
+    assert parts.count(b"") == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("0/4", "I must be between 1 and N"), ("5/4", "I must be between 1 and N"),
+    ("2", "write I/N"), ("a/b", "write I/N")])
+def test_cli_bad_shard_exits_2(tiny_model, tmp_path, capsys, spec, message):
+    src = tmp_path / "in.txt"
+    src.write_text("A dog.\n", encoding="utf-8")
+    assert translate_main(["--model", str(tiny_model), "--input", str(src), "--output",
+                           str(tmp_path / "out.txt"), "--shard", spec]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()
+    assert translate_main(["--model", str(tiny_model), "--shard", "1/2", "A dog."]) == 2
+    assert "--shard splits a file" in capsys.readouterr().err
+
+
+def test_api_translate_file_shard_and_reference_of_a_shard(tiny_model, tiny_translator,
+                                                           distinct, tmp_path, capsys):
+    src, ref = tmp_path / "in.txt", tmp_path / "ref.txt"
+    src.write_text("\n".join(distinct[:10]) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(distinct[:10]) + "\n", encoding="utf-8")  # any text will do
+    assert tiny_translator.translate_file(src, tmp_path / "o.txt", progress=False,
+                                          shard=(2, 3)) == 3
+    expected = tiny_translator.translate(distinct[3:6])
+    assert (tmp_path / "o.txt").read_text(encoding="utf-8").splitlines() == expected
+    assert translate_main(["--model", str(tiny_model), "--quiet", "--input", str(src),
+                           "--output", str(tmp_path / "o2.txt"), "--shard", "2/3",
+                           "--reference", str(ref)]) == 0
+    err = capsys.readouterr().err
+    assert f"BLEU = {bleu(expected, distinct[3:6], 'de').score:.2f}" in err
+
+
 def test_cli_invalid_utf8_input_fails_naming_the_line(tiny_model, distinct, tmp_path, capsys):
     data = f"{distinct[0]}\n".encode("utf-8") + INVALID_UTF8 + f"{distinct[1]}".encode("utf-8")
     src, dst = write_bytes(tmp_path / "in.txt", data), tmp_path / "out.txt"

@@ -10,7 +10,7 @@ import select
 import sys
 from collections.abc import Iterator, Sequence
 
-from translator.files import text_of
+from translator.files import count_lines, parse_shard, shard_lines, text_of
 from translator.data.corpus import CorpusError, read_lines
 
 
@@ -100,6 +100,9 @@ def translate_parser() -> argparse.ArgumentParser:
                    "(sacreBLEU BLEU and chrF with signatures, printed to stderr)")
     p.add_argument("--errors", choices=["strict", "replace"], default="strict",
                    help="invalid UTF-8 in the input: stop (strict) or replace and go on")
+    p.add_argument("--shard", metavar="I/N", help="with --input: translate only the I-th of N "
+                   "contiguous shards of the file (I from 1); the N outputs concatenated in "
+                   "order are the whole file's")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -165,6 +168,8 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
         return _fail("--input and --output go together")
     if args.text and args.input:
         return _fail("give sentences as arguments or --input FILE, not both")
+    if args.shard and not args.input:
+        return _fail("--shard splits a file: give --input FILE and --output FILE")
     from translator.model_folder import ModelFolderError
     from translator.translator import Translator
 
@@ -194,10 +199,13 @@ def _translate(translator, args: argparse.Namespace) -> int:
 
     if args.input:
         # The progress bar goes to stderr: stdout stays free for pipes.
+        shard = parse_shard(args.shard) if args.shard else None
         with contextlib.redirect_stdout(sys.stderr):
             translator.translate_file(args.input, args.output, errors=args.errors,
-                                      progress=not args.quiet, formatter=record, **options)
-        print(f"translated {args.input} -> {args.output}", file=sys.stderr)
+                                      progress=not args.quiet, formatter=record, shard=shard,
+                                      **options)
+        print(f"translated {args.input}{f' (shard {args.shard})' if shard else ''} -> "
+              f"{args.output}", file=sys.stderr)
         sources = [next(iter(read_lines(args.input, errors=args.errors)), "")]
     else:
         chunks = [args.text] if args.text else stdin_chunks(
@@ -210,7 +218,10 @@ def _translate(translator, args: argparse.Namespace) -> int:
     if args.plot_attention:
         _plot(translator, args.plot_attention, sources[0] if sources else "", options)
     if args.reference:
-        _score(translator, args.reference, best)
+        lines = None
+        if args.input and args.shard:  # the reference's lines of this shard
+            lines = shard_lines(count_lines(args.input), parse_shard(args.shard))
+        _score(translator, args.reference, best, lines)
     return 0
 
 
@@ -224,10 +235,13 @@ def _plot(translator, path: str, sentence: str, options: dict) -> None:
     print(f"attention plot: {path}", file=sys.stderr)
 
 
-def _score(translator, reference: str, outputs: list[str]) -> None:
+def _score(translator, reference: str, outputs: list[str],
+           lines: tuple[int, int] | None = None) -> None:
     from translator.metrics import bleu, chrf
 
     references = list(read_lines(reference))
+    if lines is not None:
+        references = references[lines[0]:lines[1]]
     language = translator.config.data.tgt
     print(bleu(outputs, references, language), file=sys.stderr)
     print(chrf(outputs, references), file=sys.stderr)

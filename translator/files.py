@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,10 +35,32 @@ def plain(index: int, result) -> str:
     return text_of(result)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): the I-th (counting from 1) of N shards."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: write I/N, e.g. 2/8 for the second of 8 shards"
+                         ) from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N")
+    return index, count
+
+
+def shard_lines(total: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Lines [start, end) of shard (I, N) of a file of `total` lines: N contiguous runs in
+    order, whose sizes differ by at most one line."""
+    index, count = shard
+    return (index - 1) * total // count, index * total // count
+
+
 def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "strict",
                    progress: bool = True, formatter: Callable[[int, object], str] = plain,
-                   **options) -> int:
+                   shard: tuple[int, int] | None = None, **options) -> int:
     """Translates src line by line into dst; returns the number of input lines.
+
+    shard (I, N): only the I-th of N contiguous shards of src (shard_lines), numbered as
+    in the whole file, so the N outputs concatenated in order are the whole file's output.
 
     Memory stays constant: `Translator.translate_stream` takes a chunk of lines at a
     time, sorts it by length into batches and gives results back in input order. Output
@@ -50,15 +73,19 @@ def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "
         raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
     if not Path(src).is_file():
         raise CorpusError(f"{src}: no such file")
+    start, end = 0, None
+    if shard is not None:
+        start, end = shard_lines(count_lines(src), shard)
     bar = None
     if progress:
         from keras.utils import Progbar
 
-        bar = Progbar(count_lines(src), unit_name="line")
+        bar = Progbar(count_lines(src) if end is None else end - start, unit_name="line")
     written = 0
-    results = translator.translate_stream(read_lines(src, errors=errors), **options)
+    lines = itertools.islice(read_lines(src, errors=errors), start, end)
+    results = translator.translate_stream(lines, **options)
     with atomic_open(dst, "w", encoding="utf-8", newline="\n") as out:
-        for index, result in enumerate(results):
+        for index, result in enumerate(results, start):
             out.write(formatter(index, result) + "\n")
             written += 1
             if bar is not None and written % 64 == 0:

@@ -90,11 +90,14 @@ class Translator:
             yield from self._translate_chunk(chunk, settings, want_objects, options)
 
     def translate_file(self, src: Path | str, dst: Path | str, errors: str = "strict",
-                       progress: bool = True, **options) -> int:
-        """Translates a file line by line into dst (atomically); returns the line count."""
+                       progress: bool = True, shard: tuple[int, int] | None = None,
+                       **options) -> int:
+        """Translates a file line by line into dst (atomically); returns the line count.
+        shard=(i, n): only the i-th (from 1) of n contiguous shards (translator.files)."""
         from translator.files import translate_file
 
-        return translate_file(self, src, dst, errors=errors, progress=progress, **options)
+        return translate_file(self, src, dst, errors=errors, progress=progress, shard=shard,
+                              **options)
 
     # ---- internals ------------------------------------------------------------------
 
