@@ -37,6 +37,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --output")
+    p.add_argument("--init-from", metavar="MODEL", help="fine-tune: start from this model "
+                   "folder's weights and tokenizer, with a fresh optimizer and schedule, on "
+                   "the data this command names; its config is the starting point")
+    p.add_argument("--continue", dest="more_epochs", type=int, metavar="EPOCHS",
+                   help="train the run in --output (finished or stopped) for EPOCHS more "
+                   "epochs, with its own config and learning rate")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -59,22 +65,51 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     from translator import config as config_lib
+    from translator.model_folder import ModelFolderError
 
     try:
-        config = config_lib.load(args.config, args.preset, _data_overrides(args) + args.set)
-    except config_lib.ConfigError as err:
+        config = _train_config(args)
+    except (config_lib.ConfigError, ModelFolderError, ValueError) as err:
         return _fail(str(err))
     from translator.train.run import train
 
     try:
         result = train(config, args.output, overwrite=args.overwrite,
-                       verbose=0 if args.quiet else "auto")
+                       verbose=0 if args.quiet else "auto",
+                       more_epochs=args.more_epochs)
     except (ValueError, OSError) as err:  # every error of ours is a ValueError
         return _fail(str(err))
     except KeyboardInterrupt:
         return 130
     print(f"model folder: {result.folder} (best dev BLEU {result.best_dev_bleu:.2f})")
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The run's config: preset, file, flags and --set; with --init-from on top of the
+    parent model's config, with --continue on top of the run's own."""
+    from translator import config as config_lib
+    from translator.model_folder import read_config
+
+    overrides = _data_overrides(args) + args.set
+    if args.init_from and args.more_epochs is not None:
+        raise ValueError("--init-from starts a new run and --continue extends one: not both")
+    if (args.init_from or args.more_epochs is not None) and args.preset:
+        raise ValueError("--preset sets a model's size: with --init-from or --continue the "
+                         "model's own config is the starting point")
+    if args.more_epochs is not None:
+        if args.more_epochs < 1:
+            raise ValueError("--continue EPOCHS must be at least 1")
+        return config_lib.load(args.config, None, overrides, base=read_config(args.output))
+    if args.init_from:
+        parent = read_config(args.init_from)
+        parent.training.init_from = None  # its own parent, if any, is not this run's
+        # the data is this command's (the parent's languages unless it names others)
+        parent.data = config_lib.DataConfig(src=parent.data.src, tgt=parent.data.tgt)
+        return config_lib.load(args.config, None,
+                               overrides + [f"training.init_from={args.init_from}"],
+                               base=parent)
+    return config_lib.load(args.config, args.preset, overrides)
 
 
 # ---- translate --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ names the key. Presets (`tiny`, `demo`, `base`) are partial configs applied firs
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class TrainingConfig:
     subword_nbest: int = -1  # unigram: sample among the n best segmentations (-1 = all)
     bucket_width: int = 1  # batches group target, then source lengths rounded to this
     checkpoint_every: int = 200  # steps between checkpoints for resuming (and at each epoch end)
+    # fine-tuning: start from this model folder's weights and tokenizer (fresh optimizer
+    # and schedule); its model and tokenizer settings must be this run's
+    init_from: str | None = None
     # auto: mixed_bfloat16 where the CPU has bfloat16 instructions (faster), else
     # float32. The choice is stored with the model and used to translate too.
     precision: str = "auto"
@@ -271,9 +275,11 @@ def load(
     path: Path | str | None = None,
     preset: str | None = None,
     overrides: list[str] | None = None,
+    base: Config | None = None,
 ) -> Config:
-    """Preset, then the YAML file, then `key=value` overrides (values parsed as YAML)."""
-    config = Config()
+    """Preset, then the YAML file, then `key=value` overrides (values parsed as YAML), on
+    top of `base` (default: the defaults), e.g. a trained model's config."""
+    config = copy.deepcopy(base) if base is not None else Config()
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")

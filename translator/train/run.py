@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +50,22 @@ class TrainResult:
 
 
 def train(config: config_lib.Config, output: Path | str, overwrite: bool = False,
-          log: Callable[[str], None] = print, verbose: int | str = "auto") -> TrainResult:
-    """Trains (or resumes) the run `config` describes into the model folder `output`."""
+          log: Callable[[str], None] = print, verbose: int | str = "auto",
+          more_epochs: int | None = None) -> TrainResult:
+    """Trains (or resumes) the run `config` describes into the model folder `output`.
+
+    more_epochs: extend the run in `output` (finished, or stopped by early stopping or its
+    time budget) by that many epochs, from where it stopped: weights, optimizer and
+    learning rate; early stopping starts counting afresh and no time budget applies.
+    With config.training.init_from, a new run starts from that model's weights and
+    tokenizer, with a fresh optimizer and schedule (fine-tuning).
+    """
     folder = Path(output)
     started = time.monotonic()
+    if more_epochs is not None:
+        config = _extended(config, folder, more_epochs)
+    if config.training.init_from:
+        _check_parent(config)
     resume = _check_folder(folder, config, overwrite)
     keras.utils.set_random_seed(config.training.seed)
     splits = corpus_lib.load_splits(config.data)
@@ -70,7 +84,10 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
                                cfg.subword_nbest, cfg.seed, config.data.max_tokens)
                 if cfg.subword_alpha else None)
     batches = TrainingBatches(train_ids, cfg.batch_size, cfg.bucket_width, cfg.seed, resample)
-    model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log)
+    model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log,
+                                    extend=more_epochs is not None)
+    if config.training.init_from and not state.parent:
+        state.parent = _parent_card(config, tokenizer, model, splits, log)
     # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
     atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
     if not state.finished:
@@ -108,9 +125,52 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
     return True
 
 
+def _extended(config: config_lib.Config, folder: Path, more_epochs: int):
+    """The config of a run extended by more_epochs (see train)."""
+    state_file = folder / mf.CHECKPOINT_DIR / STATE_FILE
+    if not state_file.exists():
+        raise RunFolderError(f"{folder} holds no training run to continue ({state_file} is "
+                             "missing)")
+    state = RunState.load(folder / mf.CHECKPOINT_DIR)
+    training = dataclasses.replace(config.training, epochs=state.epoch + more_epochs,
+                                   max_minutes=None)
+    return dataclasses.replace(config, training=training)
+
+
+def _check_parent(config: config_lib.Config) -> None:
+    """Fine-tuning needs the parent's model and tokenizer settings: its weights and
+    vocabulary must fit this run's model."""
+    parent = Path(config.training.init_from)
+    if not (parent / mf.WEIGHTS_FILE).exists():
+        raise RunFolderError(f"--init-from {parent}: no trained model there "
+                             f"({parent / mf.WEIGHTS_FILE} is missing)")
+    old, new = mf.read_config(parent).to_dict(), config.to_dict()
+    differ = [f"{s}.{k}" for s in ("model", "tokenizer") for k in new[s]
+              if new[s][k] != old[s][k]]
+    if differ:
+        raise RunFolderError(
+            f"--init-from {parent}: this run's {', '.join(differ)} differ from the parent's; "
+            "fine-tuning keeps the parent's model and tokenizer (its vocabulary)")
+
+
+def _parent_card(config, tokenizer: Tokenizer, model, splits, log) -> dict:
+    """What the run card says of the parent, with its dev BLEU on this run's dev set."""
+    parent = Path(config.training.init_from)
+    translator = Translator(model, tokenizer, config)
+    hyps = translator.translate([s for s, _ in splits.dev], beam=config.training.eval_beam)
+    before = bleu(hyps, [t for _, t in splits.dev], config.data.tgt).score
+    log(f"fine-tuning {parent}: its dev BLEU on this dev set is {before:.2f}")
+    return {"folder": str(parent.resolve()), "tokenizer": tokenizer.fingerprint(),
+            "dev_bleu_before": before}
+
+
 def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
     if resume:
         tokenizer = Tokenizer.load(folder)
+    elif config.training.init_from:
+        tokenizer = Tokenizer.load(config.training.init_from)
+        for path in tokenizer.save(folder):
+            log(f"tokenizer: {path} (the parent's, {tokenizer.src_vocab_size} pieces)")
     else:
         cfg = config.tokenizer
         tokenizer = Tokenizer.train([s for s, _ in splits.train], [t for _, t in splits.train],
@@ -121,7 +181,8 @@ def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
     return tokenizer
 
 
-def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: bool, log):
+def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: bool, log,
+                     extend: bool = False):
     checkpoint = folder / mf.CHECKPOINT_DIR
     if resume and (checkpoint / STATE_FILE).exists():
         state = RunState.load(checkpoint)
@@ -132,6 +193,8 @@ def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: 
         model = keras.saving.load_model(checkpoint / state.checkpoint)
         model.use_operations(kernels.choose_operations())
         state.restore_seeds(model)
+        if extend:  # early stopping counts afresh over the extension
+            state.bad_evals, state.stop_reason = 0, ""
         state.finished = state.done(config.training)  # a larger budget continues the run
         if state.finished:
             log(f"{folder} is finished ({state.stop_reason}; best dev BLEU "
@@ -141,7 +204,13 @@ def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: 
             log(f"resuming from step {state.global_step} of {folder} (epoch {state.epoch + 1}, "
                 f"step {state.step_in_epoch} of it; best dev BLEU {state.best_bleu:.2f})")
         return model, state
+    if extend:
+        raise RunFolderError(f"{folder} holds no training run to continue")
     model = compiled_model(config, tokenizer)
+    if config.training.init_from:  # the weights only: the optimizer starts afresh
+        with warnings.catch_warnings():  # Keras' notice that the file has no optimizer
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            model.load_weights(Path(config.training.init_from) / mf.WEIGHTS_FILE)
     log(f"model: {model.count_params():,} parameters")
     return model, RunState(data_files=dict(data_files))
 
@@ -270,6 +339,7 @@ def _write_run_card(folder: Path, config, splits, state: RunState, seconds: floa
         "training_minutes": round(state.seconds / 60, 2),
         "this_session_minutes": round(seconds / 60, 2),
         "stop_reason": state.stop_reason,
+        **({"parent": state.parent} if state.parent else {}),
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "sentencepiece": sentencepiece.__version__,
                      "sacrebleu": sacrebleu.__version__, "numpy": np.__version__},

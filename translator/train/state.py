@@ -34,6 +34,9 @@ class RunState:
     finished: bool = False
     stop_reason: str = ""
     history: list[dict] = field(default_factory=list)
+    # fine-tuning: the parent model folder, its tokenizer's fingerprint and its dev BLEU on
+    # this run's dev set before training
+    parent: dict = field(default_factory=dict)
     # Dropout's random generators: Keras does not save their state with the model, so a
     # resumed run would draw other dropout masks than an uninterrupted one.
     seed_states: list[list[int]] = field(default_factory=list)
