@@ -10,9 +10,10 @@ dev evaluations, final scoring), epochs, the best epoch's dev BLEU (the search t
 evaluates with) and dev BLEU / chrF with beam search. Levers are chosen on the dev set
 only; the test sets are scored once, for the README, by translator.evaluate.
 
-The record holds the steal share and the load average: a variant trained beside other
-work gets fewer epochs into a time budget, so compare wall-time-bounded variants only
-from quiet runs (`quiet_warning` is set otherwise).
+The record holds the steal share and the load average at the start: a variant trained
+beside other work takes longer and gets fewer epochs into a time budget, so compare
+wall times and time-bounded variants only from runs on an otherwise idle machine;
+fixed-epoch variants compare fairly either way.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ def dev_scores(folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = flops.machine()
-    info["quiet_warning"] = flops.quiet_warning()
     with tempfile.TemporaryDirectory(prefix="levers-", dir=ROOT / "data") as tmp:
         folder = Path(args.keep or args.trained or Path(tmp) / "model")
         seconds, log = (None, []) if args.trained else train(args, folder)
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     finished = json.loads(path.read_text())
     path.unlink()
     record.update(steal_share=finished.get("steal_share"),
-                  quiet_warning=info["quiet_warning"] or flops.quiet_warning(
-                      finished["load_average_at_end"][0]),
-                  load_average_at_end=finished["load_average_at_end"],
+                  load_average_at_start=info["load_average_at_start"],
                   cpu_model=info["cpu_model"])
     results = path.with_name(path.name.replace("tmp-lever", args.results))
     history = json.loads(results.read_text()) if results.exists() else []
