@@ -135,6 +135,7 @@ def pack_weights(weights: Any, layout: str = "dense") -> Any | None:
     return lib.pack_weights(weights, layout=layout)
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python, called while a search is traced
 def fused_step(dtype: str = "bfloat16") -> bool:
     """Whether the searches run the fused decoder step (LstmStep, ProjectTopK) for weights
     of dtype here: where the kernels are on and, unless TRANSLATOR_FUSED_STEP forces it,
