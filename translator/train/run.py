@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import shutil
@@ -19,6 +18,8 @@ from translator import config as config_lib
 from translator.data import corpus as corpus_lib
 from translator import kernels
 from translator import model_folder as mf
+from translator.train import lineage
+from translator.train.lineage import RunFolderError
 from translator.train.callbacks import EpochProgress, TrainingControl
 from translator.train.state import STATE_FILE, RunState
 from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
@@ -35,10 +36,6 @@ from translator.translator import Translator
 # Sections whose change makes a folder hold "a different run". Training lengths and
 # budgets (epochs, max_minutes, patience) may change between sessions of one run.
 _RESUMABLE_KEYS = {"epochs", "max_minutes", "patience", "checkpoint_every"}
-
-
-class RunFolderError(ValueError):
-    """The output folder holds something this run must not overwrite or resume."""
 
 
 @dataclass
@@ -63,9 +60,9 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     folder = Path(output)
     started = time.monotonic()
     if more_epochs is not None:
-        config = _extended(config, folder, more_epochs)
+        config = lineage.extended(config, folder, more_epochs)
     if config.training.init_from:
-        _check_parent(config)
+        lineage.check_parent(config)
     resume = _check_folder(folder, config, overwrite)
     keras.utils.set_random_seed(config.training.seed)
     splits = corpus_lib.load_splits(config.data)
@@ -87,7 +84,7 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log,
                                     extend=more_epochs is not None)
     if config.training.init_from and not state.parent:
-        state.parent = _parent_card(config, tokenizer, model, splits, log)
+        state.parent = lineage.parent_card(config, tokenizer, model, splits, log)
     # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
     atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
     if not state.finished:
@@ -123,45 +120,6 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
         raise RunFolderError(f"{folder} holds a different run (differs in {', '.join(differ)}); "
                              "use --overwrite to replace it, or another --output")
     return True
-
-
-def _extended(config: config_lib.Config, folder: Path, more_epochs: int):
-    """The config of a run extended by more_epochs (see train)."""
-    state_file = folder / mf.CHECKPOINT_DIR / STATE_FILE
-    if not state_file.exists():
-        raise RunFolderError(f"{folder} holds no training run to continue ({state_file} is "
-                             "missing)")
-    state = RunState.load(folder / mf.CHECKPOINT_DIR)
-    training = dataclasses.replace(config.training, epochs=state.epoch + more_epochs,
-                                   max_minutes=None)
-    return dataclasses.replace(config, training=training)
-
-
-def _check_parent(config: config_lib.Config) -> None:
-    """Fine-tuning needs the parent's model and tokenizer settings: its weights and
-    vocabulary must fit this run's model."""
-    parent = Path(config.training.init_from)
-    if not (parent / mf.WEIGHTS_FILE).exists():
-        raise RunFolderError(f"--init-from {parent}: no trained model there "
-                             f"({parent / mf.WEIGHTS_FILE} is missing)")
-    old, new = mf.read_config(parent).to_dict(), config.to_dict()
-    differ = [f"{s}.{k}" for s in ("model", "tokenizer") for k in new[s]
-              if new[s][k] != old[s][k]]
-    if differ:
-        raise RunFolderError(
-            f"--init-from {parent}: this run's {', '.join(differ)} differ from the parent's; "
-            "fine-tuning keeps the parent's model and tokenizer (its vocabulary)")
-
-
-def _parent_card(config, tokenizer: Tokenizer, model, splits, log) -> dict:
-    """What the run card says of the parent, with its dev BLEU on this run's dev set."""
-    parent = Path(config.training.init_from)
-    translator = Translator(model, tokenizer, config)
-    hyps = translator.translate([s for s, _ in splits.dev], beam=config.training.eval_beam)
-    before = bleu(hyps, [t for _, t in splits.dev], config.data.tgt).score
-    log(f"fine-tuning {parent}: its dev BLEU on this dev set is {before:.2f}")
-    return {"folder": str(parent.resolve()), "tokenizer": tokenizer.fingerprint(),
-            "dev_bleu_before": before}
 
 
 def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
