@@ -73,14 +73,13 @@ def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "
         raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
     if not Path(src).is_file():
         raise CorpusError(f"{src}: no such file")
-    start, end = 0, None
-    if shard is not None:
-        start, end = shard_lines(count_lines(src), shard)
+    total = count_lines(src) if shard is not None or progress else None
+    start, end = shard_lines(total, shard) if shard is not None else (0, total)
     bar = None
     if progress:
         from keras.utils import Progbar
 
-        bar = Progbar(count_lines(src) if end is None else end - start, unit_name="line")
+        bar = Progbar(end - start, unit_name="line")
     written = 0
     lines = itertools.islice(read_lines(src, errors=errors), start, end)
     results = translator.translate_stream(lines, **options)
