@@ -144,11 +144,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 64, "epochs": 25, "max_minutes": 7},
         "data": {"dev_limit": 300},
     },
-    # the best quality reachable in an hour on 2 cores
+    # the best quality reachable in an hour on 2 cores: demo's widths trained for longer
+    # (wider LSTMs took 2.2x the time per epoch for no better dev BLEU: bench/README.md)
     "base": {
         "tokenizer": {"vocab_size": 8000},
-        "model": {"embedding_dim": 256, "encoder_units": 256, "decoder_units": 512, "dropout": 0.3},
-        "training": {"batch_size": 64, "epochs": 40, "max_minutes": 55},
+        "model": {"embedding_dim": 256, "encoder_units": 128, "decoder_units": 256, "dropout": 0.3},
+        "training": {"batch_size": 64, "epochs": 80, "max_minutes": 55, "patience": 5},
     },
 }
 
