@@ -85,6 +85,53 @@ def test_killed_run_resumes_at_its_step_and_matches_an_uninterrupted_run(tmp_pat
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+# Where a run can be killed (translator/faults.py), in the order one run reaches them;
+# "checkpoint-write:2" is the second checkpoint, so that the first is a complete one.
+CRASH_POINTS = ["tokenizer-saved", "checkpoint-write:2", "dev-evaluation", "best-model-write",
+                "final-scores"]
+
+
+def assert_whole_files(folder: Path, point: str) -> None:
+    """Every file under its final name is complete: what exists loads."""
+    from translator.model_folder import read_config
+    from translator.train.state import RunState
+    from translator.translator import Translator
+
+    read_config(folder)
+    if (folder / "checkpoint" / "state.json").exists():
+        RunState.load(folder / "checkpoint")
+        last_checkpoint(folder)
+    if (folder / "model.keras").exists():
+        assert Translator.load(folder).translate("A dog runs.", beam=1) is not None, point
+    for name in ("scores.json", "run.json"):
+        if (folder / name).exists():
+            json.loads((folder / name).read_text())
+
+
+def test_run_killed_at_every_crash_point_in_turn_ends_as_an_uninterrupted_run(tmp_path):
+    whole = train(small_config(), tmp_path / "whole", verbose=0, log=lambda m: None)
+
+    folder = tmp_path / "killed"
+    for point in CRASH_POINTS:
+        process = cli_train(folder, env={**os.environ, "TRANSLATOR_CRASH_AT": point})
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == -signal.SIGKILL, f"not killed at {point}:\n{output}"
+        assert not (folder / "scores.json").exists(), point  # the run never got that far
+        assert_whole_files(folder, point)
+
+    resumed = cli_train(folder)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert_whole_files(folder, "the end")
+    assert not list(folder.rglob(".tmp-*")), "the killed runs' temporaries are cleaned up"
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["dev"]["bleu"]["score"] == whole.scores["dev"]["bleu"]["score"]
+    done = keras.saving.load_model(folder / "model.keras", compile=False)
+    reference = keras.saving.load_model(tmp_path / "whole" / "model.keras", compile=False)
+    for a, b in zip(done.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_unknown_config_key_is_refused_by_name(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--preset", "tiny", "--output",
                              str(tmp_path / "m"), "--set", "model.colour=blue"],

@@ -22,6 +22,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -668,6 +669,33 @@ def test_cli_invalid_utf8_input_fails_naming_the_line(tiny_model, distinct, tmp_
                            "--input", src, "--output", dst)
     assert code == 0, err
     assert dst.read_bytes().count(b"\n") == 3
+
+
+def test_file_translation_killed_midway_leaves_no_output_and_reruns_byte_identically(
+        tiny_model, tiny_translator, distinct, tmp_path):
+    lines = [distinct[i % len(distinct)] for i in range(20_000)]
+    src = write_bytes(tmp_path / "in.txt", "".join(f"{line}\n" for line in lines).encode())
+    dst = tmp_path / "out.txt"
+    command = [sys.executable, "translate.py", "--model", str(tiny_model), "--quiet",
+               "--beam", "1", "--input", str(src), "--output", str(dst)]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        partial = [p for p in tmp_path.glob(".tmp-*-out.txt") if p.stat().st_size > 0]
+        if partial:
+            break
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no clean-up runs
+    process.wait()
+    assert partial and process.returncode == -9, "the kill must land while output is written"
+    assert not dst.exists(), "a killed translation leaves nothing under the output's name"
+
+    subprocess.run(command, cwd=ROOT, check=True, timeout=600)
+    reference = tmp_path / "reference.txt"
+    tiny_translator.translate_file(src, reference, progress=False, beam=1)
+    assert dst.read_bytes() == reference.read_bytes()
+    assert dst.read_bytes().count(b"\n") == len(lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt", "reference.txt"]
 
 
 def test_cli_missing_input_file_exits_2_naming_it(tiny_model, tmp_path, capsys):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from translator.files import count_lines, parse_shard, shard_lines, text_of
-from translator.data.corpus import CorpusError, read_lines
+from translator.data.corpus import BOM, CorpusError, read_lines
 
 
 def _fail(message: str) -> int:
@@ -150,7 +150,7 @@ def _formatter(args: argparse.Namespace):
             if not isinstance(items[0], str):
                 record["score"] = items[0].score
                 if len(items) > 1:
-                    record["nbest"] = [{"translation": h.text, "score": h.score} for h in items]
+                    record["nbest"] = [{"translation": text_of(h), "score": h.score} for h in items]
             return json.dumps(record, ensure_ascii=False)
         if isinstance(result, list):
             return "\n".join(f"{index}\t{h.score:.4f}\t{text_of(h)}" for h in result)
@@ -191,8 +191,11 @@ def stdin_chunks(fd: int, max_lines: int, errors: str = "strict") -> Iterator[li
 
 
 def _decode(raw: bytes, number: int, errors: str) -> str:
+    """One stdin line as read_lines reads a file's: no "\r" at its end, no byte order mark
+    at the start of the first line."""
     try:
-        return raw.decode("utf-8", errors=errors).rstrip("\r")
+        line = raw.decode("utf-8", errors=errors).rstrip("\r")
+        return line.removeprefix(BOM) if number == 1 else line
     except UnicodeDecodeError as err:
         raise CorpusError(f"<stdin>, line {number}: invalid UTF-8 at byte {err.start}") from None
 
@@ -215,6 +218,8 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err))
     except BrokenPipeError:
         return 0
+    except OSError as err:  # e.g. no room left on the device for the output
+        return _fail(str(err))
     except KeyboardInterrupt:
         return 130
 

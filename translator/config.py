@@ -290,6 +290,9 @@ def load(
     if path is not None:
         try:
             raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: cannot read config (invalid UTF-8 at byte "
+                              f"{err.start})") from None
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config ({err})") from None
         config = from_dict(raw, config)

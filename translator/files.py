@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +23,21 @@ def count_lines(path: Path | str) -> int:
     return count + (last != b"\n")
 
 
+# Characters that end a line for some reader (str.splitlines, editors, CSV tools): a
+# translation that held one would look like two lines there. Each becomes a space.
+LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    return LINE_BREAKS.sub(" ", text)
+
+
 def text_of(result) -> str:
     """The (best) translation of one input as one line, whatever form the result has:
     str, Hypothesis, or an n-best list of Hypothesis."""
     if isinstance(result, list):
         result = result[0]
-    return (result if isinstance(result, str) else result.text).replace("\n", " ")
+    return one_line(result if isinstance(result, str) else result.text)
 
 
 def plain(index: int, result) -> str:
@@ -73,6 +83,8 @@ def translate_file(translator, src: Path | str, dst: Path | str, errors: str = "
         raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
     if not Path(src).is_file():
         raise CorpusError(f"{src}: no such file")
+    if Path(dst).is_dir():
+        raise ValueError(f"{dst} is a folder: the output must be a file")
     total = count_lines(src) if shard is not None or progress else None
     start, end = shard_lines(total, shard) if shard is not None else (0, total)
     bar = None

@@ -1,6 +1,8 @@
 """Atomic writes: a temporary file in the same folder, then a rename.
 
-A crash or Ctrl-C never leaves a half-written file under the final name.
+A crash or Ctrl-C never leaves a half-written file under the final name. Temporaries are
+named `.tmp-<pid>-<random>-<final name>`; one that a killed process left behind (kill -9
+runs no clean-up) is removed by the next write to the same final name.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(path.parent, path.name)
     # The temporary name ends with the final name: Keras checks suffixes like .weights.h5.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(), suffix=f"-{path.name}")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -41,7 +44,8 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
     `path` (a folder, if there is one): readers see the old folder whole or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    remove_orphans(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(), suffix=f"-{path.name}"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
@@ -50,6 +54,35 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prefix() -> str:
+    return f".tmp-{os.getpid()}-"
+
+
+def remove_orphans(folder: Path, name: str = "*") -> list[Path]:
+    """Removes the temporaries in `folder` for the file `name` (default: for any file)
+    whose writing process has died; returns them."""
+    removed = []
+    for tmp in Path(folder).glob(f".tmp-*-{name}"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

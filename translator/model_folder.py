@@ -13,11 +13,13 @@ models/NAME/
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import yaml
 
+from translator import __version__
 from translator import config as config_lib
 from translator import kernels
 from translator.data.tokenizer import Tokenizer, TokenizerError
@@ -27,6 +29,9 @@ from translator.model import Seq2Seq
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.keras"
 HISTORY_FILE, SCORES_FILE, RUN_FILE = "history.csv", "scores.json", "run.json"
 CHECKPOINT_DIR = "checkpoint"
+# The layout and meaning of the files above. Raised when an older version could no longer
+# read a folder right; run.json records it, and a folder of a higher format is refused.
+FOLDER_FORMAT = 1
 
 
 class ModelFolderError(ValueError):
@@ -34,13 +39,36 @@ class ModelFolderError(ValueError):
 
 
 def read_config(folder: Path | str) -> config_lib.Config:
+    """The folder's config. A folder written by a newer version of the translator (its
+    run card says so) is refused as such, before its config is read."""
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise ModelFolderError(f"{path} is missing: {folder} is not a model folder")
+    _check_format(Path(folder))
     try:
-        return config_lib.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return config_lib.from_dict(raw or {})
+    except UnicodeDecodeError as err:
+        raise ModelFolderError(f"{path} is corrupt: invalid UTF-8 at byte {err.start}") from None
     except (yaml.YAMLError, config_lib.ConfigError) as err:
-        raise ModelFolderError(f"{path} is corrupt: {err}") from None
+        hint = (" (if a newer version of the translator wrote this folder, upgrade the "
+                "translator)" if "unknown config" in str(err) else "")
+        raise ModelFolderError(f"{path} is corrupt: {err}{hint}") from None
+
+
+def _check_format(folder: Path) -> None:
+    """Refuses a folder whose run card names a newer folder format than this version's."""
+    try:
+        card = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        written = int(card.get("folder_format", 1))
+        by = str(card.get("versions", {}).get("translator", "a newer version"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # no run card (e.g. a copied folder) or an unreadable one: the config decides
+    if written > FOLDER_FORMAT:
+        raise ModelFolderError(
+            f"{folder / RUN_FILE}: the folder was written by translator {by} in folder "
+            f"format {written}; this translator ({__version__}) reads format {FOLDER_FORMAT} "
+            "and older: upgrade the translator to use this model")
 
 
 def resolve_precision(precision: str) -> str:
@@ -67,11 +95,18 @@ def build_model(config: config_lib.Config, tokenizer: Tokenizer) -> Seq2Seq:
     return model
 
 
-def load_weights(path: Path) -> Seq2Seq:
+def load_checkpoint(path: Path) -> Seq2Seq:
+    """A training checkpoint: the model with its optimizer (see load_weights)."""
+    return load_weights(path, compile=True)
+
+
+def load_weights(path: Path, compile: bool = False) -> Seq2Seq:
+    """The model in a .keras archive. Keras' safe mode is on: an archive cannot make the
+    loader run code (no lambda layers, no classes outside Keras and this package)."""
     if not path.exists():
         raise ModelFolderError(f"{path} is missing: the folder has no trained weights")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # Keras raises many kinds for a damaged archive
         if "could not be loaded" in str(err):  # an archive whose layers do not match ours
             first = str(err).strip().splitlines()[0]

@@ -14,13 +14,16 @@ from translator.data.registry import (TATOEBA_HELD_OUT, TATOEBA_SPLIT_SEED, Corp
                                       fetch_file, get_corpus, sha256_of)
 
 Pair = tuple[str, str]
+BOM = "\ufeff"
 
 
 def read_lines(path: Path | str, errors: str = "strict") -> Iterator[str]:
     """Yields the lines of a plain or gzipped UTF-8 file without their line ends.
 
-    Invalid UTF-8 raises CorpusError naming the file and the 1-based line number,
-    unless errors="replace".
+    Lines end at "\n" only (a "\r" before it is dropped): Unicode's other line
+    separators (U+2028, U+0085, form feed, ...) stay inside their line, so line numbers are
+    those of `wc -l`. A byte order mark at the start of the file is dropped. Invalid UTF-8
+    raises CorpusError naming the file and the 1-based line number, unless errors="replace".
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -34,6 +37,8 @@ def read_lines(path: Path | str, errors: str = "strict") -> Iterator[str]:
                 raise CorpusError(
                     f"{path}, line {number}: invalid UTF-8 at byte {err.start} ({err.reason})"
                 ) from None
+            if number == 1:
+                line = line.removeprefix(BOM)
             yield line.rstrip("\r\n")
 
 
@@ -174,6 +179,9 @@ def load_splits(data) -> DataSplits:
     if data.train_tsv or data.train_src:
         train = _read_user(data.train_tsv, data.train_src, data.train_tgt, files)
         dev = _read_user(data.dev_tsv, data.dev_src, data.dev_tgt, files)
+        if not dev and (data.dev_tsv or data.dev_src):
+            named = data.dev_tsv or f"{data.dev_src} and {data.dev_tgt}"
+            raise CorpusError(f"the dev set {named} is empty")
         if not dev:
             if len(train) < 1000:
                 raise CorpusError(f"only {len(train)} training pairs and no dev set: give "
@@ -194,6 +202,10 @@ def load_splits(data) -> DataSplits:
     if data.dev_limit:
         dev = dev[: data.dev_limit]
     train, report = clean_pairs(train, data.max_chars, data.max_ratio)
+    if not train:
+        named = data.train_tsv or (data.train_src and f"{data.train_src} and {data.train_tgt}")
+        raise CorpusError(f"no training pairs to learn from in {named or data.corpus}: "
+                          f"{report}")
     return DataSplits(train, dev, test, report, files)
 
 

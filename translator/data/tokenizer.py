@@ -3,13 +3,16 @@
 One joint model serves source and target by default; `joint=False` trains one
 model per side. Ids are fixed: pad=0, unk=1, bos=2, eos=3. Byte fallback is on
 and normalisation is the identity, so any text (Chinese, emoji, accents never
-seen in training) round-trips exactly through encode and decode.
+seen in training, control characters) round-trips exactly through encode and decode.
+SentencePiece writes a space as "▁" (U+2581), so a "▁" in the text itself is escaped
+on the way in and restored on the way out (`escape`, `unescape`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +24,39 @@ JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "spm.src.model", "spm.tgt.model"
 
 
 _SAMPLING = threading.Lock()
+
+# SentencePiece's space symbol, and the character that escapes it (and itself) in text:
+# a plane-15 private-use code point. ESCAPE + "1" stands for a real U+2581 in the text,
+# ESCAPE + ESCAPE for a real ESCAPE.
+SPACE_SYMBOL, ESCAPE = "\u2581", "\U000f0000"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """The text SentencePiece is given: U+2581 and ESCAPE escaped, and the lone
+    surrogates a UTF-8 file cannot hold (only a Python string can) made U+FFFD."""
+    if SPACE_SYMBOL in text or ESCAPE in text:
+        text = text.replace(ESCAPE, ESCAPE + ESCAPE).replace(SPACE_SYMBOL, ESCAPE + "1")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def unescape(text: str) -> str:
+    """Inverse of `escape` (an ESCAPE followed by anything else is kept as it is)."""
+    if ESCAPE not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == ESCAPE and i + 1 < len(text) and text[i + 1] in (ESCAPE, "1"):
+            out.append(ESCAPE if text[i + 1] == ESCAPE else SPACE_SYMBOL)
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 class TokenizerError(ValueError):
@@ -41,7 +77,7 @@ def train_sentencepiece(
     """
     if model_type not in ("unigram", "bpe"):
         raise TokenizerError(f"model_type must be 'unigram' or 'bpe', not {model_type!r}")
-    sentences = [t for t in texts if t.strip()]
+    sentences = [escape(t) for t in texts if t.strip()]
     if not sentences:
         raise TokenizerError("cannot train a tokenizer on empty text")
     buffer = io.BytesIO()
@@ -138,7 +174,7 @@ class Tokenizer:
 
     def encode(self, texts: Sequence[str], side: str = "src") -> list[list[int]]:
         """Batch encode to ids, without BOS/EOS."""
-        return self._side(side).encode(list(texts), out_type=int)
+        return self._side(side).encode([escape(t) for t in texts], out_type=int)
 
     def sample(self, texts: Sequence[str], side: str, alpha: float, nbest: int, seed: int
                ) -> list[list[int]]:
@@ -150,13 +186,16 @@ class Tokenizer:
         SentencePiece's generator is seeded and encoding runs on one thread."""
         with _SAMPLING:  # the generator's seed is one for the whole process
             spm.set_random_generator_seed(seed)
-            return self._side(side).encode(list(texts), out_type=int, enable_sampling=True,
+            return self._side(side).encode([escape(t) for t in texts], out_type=int,
+                                           enable_sampling=True,
                                            alpha=alpha, nbest_size=nbest, num_threads=1)
 
     def decode(self, ids: Sequence[Sequence[int]], side: str = "tgt") -> list[str]:
         """Batch decode; pad, bos and eos ids are ignored."""
         specials = (PAD_ID, BOS_ID, EOS_ID)
-        return self._side(side).decode([[int(i) for i in seq if i not in specials] for seq in ids])
+        texts = self._side(side).decode([[int(i) for i in seq if i not in specials]
+                                         for seq in ids])
+        return [unescape(t) for t in texts]
 
     def pieces(self, ids: Sequence[int], side: str = "tgt") -> list[str]:
         """The subword strings of ids (for attention plots)."""

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from translator.config import TrainingConfig
+from translator.faults import crash_point
 from translator.io_utils import atomic_open, atomic_path
 from translator.train.schedule import learning_rate
 from translator.train.state import RunState
@@ -131,6 +132,7 @@ class TrainingControl(keras.callbacks.Callback):
         name = f"step-{self.state.global_step}.keras"
         with atomic_path(folder / name) as tmp:
             self.model.save(tmp)
+            crash_point("checkpoint-write")
         if keep_epoch is not None:
             with atomic_path(folder / f"epoch-{keep_epoch}.weights.h5") as tmp:
                 self.model.save_weights(tmp)

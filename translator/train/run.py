@@ -14,17 +14,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from translator import __version__
 from translator import config as config_lib
 from translator.data import corpus as corpus_lib
-from translator import kernels
 from translator import model_folder as mf
 from translator.train import lineage
 from translator.train.lineage import RunFolderError
 from translator.train.callbacks import EpochProgress, TrainingControl
 from translator.train.state import STATE_FILE, RunState
-from translator.io_utils import atomic_path, atomic_write_bytes, atomic_write_json
+from translator.io_utils import (atomic_path, atomic_write_bytes, atomic_write_json,
+                                 remove_orphans)
 from translator.data.registry import get_corpus
 from translator.evaluate import evaluate_model
+from translator.faults import crash_point
 from translator.metrics import bleu
 from translator.model import MaskedCrossEntropy
 from translator.train.optimizer import FusedAdam
@@ -71,6 +73,11 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     if overwrite and folder.exists():
         shutil.rmtree(folder)  # only now that the data has loaded, and only a model folder
     folder.mkdir(parents=True, exist_ok=True)
+    for part in (folder, folder / mf.CHECKPOINT_DIR):  # what a killed run was writing
+        remove_orphans(part)
+    # First, so that a run killed at any later moment is resumed by the same command.
+    # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
+    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
     tokenizer = _tokenizer(folder, config, splits, resume, log)
     train_ids = encode_pairs(tokenizer, splits.train, config.data.max_tokens)
     dev_ids = encode_pairs(tokenizer, splits.dev)
@@ -85,8 +92,6 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
                                     extend=more_epochs is not None)
     if config.training.init_from and not state.parent:
         state.parent = lineage.parent_card(config, tokenizer, model, splits, log)
-    # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
-    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
     if not state.finished:
         _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
@@ -123,7 +128,7 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
 
 
 def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
-    if resume:
+    if resume and any(folder.glob("spm*.model")):  # (a run killed before saving it has none)
         tokenizer = Tokenizer.load(folder)
     elif config.training.init_from:
         tokenizer = Tokenizer.load(config.training.init_from)
@@ -136,6 +141,7 @@ def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
         for path in tokenizer.save(folder):
             log(f"tokenizer: {path} ({tokenizer.src_vocab_size} pieces"
                 f"{', joint' if tokenizer.joint else ''})")
+        crash_point("tokenizer-saved")
     return tokenizer
 
 
@@ -148,8 +154,7 @@ def _model_and_state(folder: Path, config, tokenizer, data_files: dict, resume: 
             changed = sorted(set(state.data_files.items()) ^ set(data_files.items()))
             raise RunFolderError(f"{folder} was trained on other data ({changed[0][0]} "
                                  "differs); use --overwrite or another --output")
-        model = keras.saving.load_model(checkpoint / state.checkpoint)
-        model.use_operations(kernels.choose_operations())
+        model = mf.load_checkpoint(checkpoint / state.checkpoint)
         state.restore_seeds(model)
         if extend:  # early stopping counts afresh over the extension
             state.bad_evals, state.stop_reason = 0, ""
@@ -194,11 +199,13 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
 
     def dev_bleu() -> float:
         hyps = translator.translate(dev_src, beam=beam, nbest=1)
+        crash_point("dev-evaluation")
         return bleu(hyps, dev_ref, config.data.tgt).score
 
     def save_best() -> None:
         with atomic_path(folder / mf.WEIGHTS_FILE) as tmp:
             _save_inference(model, tmp)
+            crash_point("best-model-write")
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
                               batches.steps_per_epoch, dev_bleu, save_best, log)
@@ -279,6 +286,7 @@ def _final_scores(folder: Path, model, tokenizer, config, splits, state: RunStat
         log(f"{name}: BLEU {bleu['score']:.2f} (95% CI {bleu['interval'][0]:.2f}-"
             f"{bleu['interval'][1]:.2f}; {bleu['signature']}), "
             f"{'greedy' if beam == 1 else f'beam {beam}'}")
+    crash_point("final-scores")
     atomic_write_json(folder / mf.SCORES_FILE, scores)
     return scores
 
@@ -298,8 +306,10 @@ def _write_run_card(folder: Path, config, splits, state: RunState, seconds: floa
         "this_session_minutes": round(seconds / 60, 2),
         "stop_reason": state.stop_reason,
         **({"parent": state.parent} if state.parent else {}),
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "sentencepiece": sentencepiece.__version__,
+        "folder_format": mf.FOLDER_FORMAT,
+        "versions": {"translator": __version__, "python": platform.python_version(),
+                     "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "sentencepiece": sentencepiece.__version__,
                      "sacrebleu": sacrebleu.__version__, "numpy": np.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},

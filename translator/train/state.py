@@ -60,7 +60,22 @@ class RunState:
 
     @classmethod
     def load(cls, folder: Path) -> RunState:
-        return cls(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+        """The saved state; a damaged or crafted one (unknown fields, a checkpoint named
+        outside `folder`) is refused with a ValueError naming the file."""
+        path = folder / STATE_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            state = cls(**raw)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path} is corrupt ({err}); start afresh with --overwrite"
+                             ) from None
+        name = state.checkpoint
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"{path} names the checkpoint {name!r}, not a file of {folder}")
+        if not (folder / name).is_file():
+            raise ValueError(f"{path} names the checkpoint {name}, which is missing; "
+                             "start afresh with --overwrite")
+        return state
 
 
 def _seed_variables(model: keras.Model) -> list:
