@@ -121,10 +121,22 @@ def load_weights(path: Path, compile: bool = False) -> Seq2Seq:
 
 
 def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_lib.Config]:
-    """Loads what Translator needs; errors name the missing or bad file."""
+    """Loads what Translator needs; errors name the missing or bad file.
+
+    Only the folder's own files are read, by fixed names (no path from the config is
+    followed), and none is a link to a file outside the folder. No code from the folder
+    runs: the config is plain YAML read safely, the weights load in Keras' safe mode.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
+    inside = folder.resolve()
+    for name in (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, "spm.model", "spm.src.model",
+                 "spm.tgt.model"):
+        path = folder / name
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise ModelFolderError(f"{path} links to {path.resolve()}, outside the model "
+                                   "folder: a model folder holds its own files")
     config = read_config(folder)
     try:
         tokenizer = Tokenizer.load(folder)
