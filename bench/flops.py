@@ -269,16 +269,28 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     lower case, e.g. kernels_ab-amd-epyc.json: figures from different CPUs side by side)
     and returns the path."""
     results = {**results, "load_average_at_end": list(os.getloadavg())}
-    start = results.get("machine", {}).get("cpu_times_at_start", [])
-    steal = steal_share(start, cpu_times())
+    steal = run_steal(results.get("machine", {}))
     if steal is not None:
-        results["steal_share"] = round(steal, 4)
-        print(f"hypervisor steal during the run: {100 * steal:.1f}% of the CPU time")
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.model().lower()).strip("-") or "unknown-cpu"
-    path = RESULTS_DIR / f"{name}-{slug}.json"
+        results["steal_share"] = steal
+    path = results_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     return path
+
+
+def results_path(name: str) -> Path:
+    """bench/results/<name>-<cpu>.json, the CPU's model name in lower case."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.model().lower()).strip("-") or "unknown-cpu"
+    return RESULTS_DIR / f"{name}-{slug}.json"
+
+
+def run_steal(info: dict[str, Any]) -> float | None:
+    """The steal share since machine() recorded `info`, printed; None where unknown."""
+    steal = steal_share(info.get("cpu_times_at_start", []), cpu_times())
+    if steal is not None:
+        print(f"hypervisor steal during the run: {100 * steal:.1f}% of the CPU time")
+        return round(steal, 4)
+    return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,6 +19,7 @@ fixed-epoch variants compare fairly either way.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -83,6 +84,15 @@ def dev_scores(folder: Path) -> dict:
             "seconds": round(time.monotonic() - started, 1)}
 
 
+def epochs_from_history(folder: Path) -> list[str]:
+    """Per-epoch dev BLEU and learning rate from the folder's history.csv (for --trained,
+    whose training log this command did not see)."""
+    with open(folder / "history.csv", newline="") as f:
+        return [f"epoch {row['epoch']}: dev BLEU {float(row['dev_bleu']):.2f}, learning rate "
+                f"{float(row['learning_rate']):.3g}, {row['minutes']} min"
+                for row in csv.DictReader(f)]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = flops.machine()
@@ -102,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         "steps": run["steps"], "stop_reason": run["stop_reason"],
         "best_epoch": state["best_epoch"], "dev_during_training": state.get("dev", {}).get(
             "bleu", {}).get("score"), "dev": dev, "config": config,
-        "dev_per_epoch": [line for line in log if line.startswith("epoch ")],
+        "dev_per_epoch": [line for line in log if line.startswith("epoch ")]
+        or epochs_from_history(folder),
         "average": next((line for line in log if line.startswith("average of the last")),
                         None),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -110,13 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"{args.name}: {record['epochs']} epochs in {record['wall_minutes']:.1f} min; "
           f"dev BLEU {dev['bleu']:.2f} chrF {dev['chrf']:.2f} (beam {dev['beam']})")
-    path = flops.write_results("tmp-lever", {"machine": info, "record": record})
-    finished = json.loads(path.read_text())
-    path.unlink()
-    record.update(steal_share=finished.get("steal_share"),
+    record.update(steal_share=flops.run_steal(info),
                   load_average_at_start=info["load_average_at_start"],
                   cpu_model=info["cpu_model"])
-    results = path.with_name(path.name.replace("tmp-lever", args.results))
+    results = flops.results_path(args.results)
     history = json.loads(results.read_text()) if results.exists() else []
     history.append(record)
     results.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")

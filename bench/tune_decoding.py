@@ -55,15 +55,13 @@ def main(argv: list[str] | None = None) -> None:
           f"(BLEU {best['bleu']:.2f}); the model's setting: beam "
           f"{translator.config.decoding.beam}, length penalty "
           f"{translator.config.decoding.length_penalty}")
-    path = flops.write_results("tmp-tune", {"machine": info})
-    finished = json.loads(path.read_text())
-    path.unlink()
-    results = path.with_name(path.name.replace("tmp-tune", "tune_decoding"))
+    steal = flops.run_steal(info)
+    results = flops.results_path("tune_decoding")
     entries = json.loads(results.read_text()) if results.exists() else {}
     entries[Path(args.model).name] = {
         "model": str(args.model), "dev_sentences": len(dev), "signature":
         scores["bleu"]["signature"], "grid": grid, "best": best,
-        "steal_share": finished.get("steal_share"), "cpu_model": info["cpu_model"]}
+        "steal_share": steal, "cpu_model": info["cpu_model"]}
     results.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     print(f"recorded in {results}")
 

@@ -6,7 +6,7 @@ product. Where TensorFlow's matmul is faster than that product (Intel's AMX unit
 oneDNN's bfloat16 matmuls; a hypervisor that takes CPU time from one of the op's two
 threads stalls the other), the unfused step (TensorFlow's matmuls, then the LstmCell and
 TopKLogNorm kernels) can win. So the two are timed against each other once per machine
-and library, at the `base` preset's sizes for beam 5 and for greedy search, in the
+and library, at the sizes of a 512-unit decoder for beam 5 and for greedy search, in the
 model's dtype, and the result is cached beside the library (kernels-<key>.tuning.json, one
 entry per dtype). TRANSLATOR_FUSED_STEP=1 or 0 forces the choice
 (translator.kernels.library.fused_step).
@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from translator.kernels import cpu
 
-# (rows, input, units, vocab): the base preset's decoder at beam 5 x 256 sentences, and
-# greedy over 256 sentences
+# (rows, input, units, vocab): a 512-unit decoder with 256-wide embeddings and an 8k
+# vocabulary at beam 5 x 256 sentences, and greedy over 256 sentences
 SIZES = ((1280, 256, 512, 8000), (256, 256, 512, 8000))
 REPEATS = 7
 
