@@ -132,6 +132,23 @@ def test_run_killed_at_every_crash_point_in_turn_ends_as_an_uninterrupted_run(tm
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_run_that_failed_before_training_leaves_the_folder_to_a_corrected_command(
+        tmp_path, monkeypatch):
+    from translator.data.tokenizer import Tokenizer, TokenizerError
+
+    def failing(*args, **kwargs):
+        raise TokenizerError("SentencePiece training failed: (as for too large a vocabulary)")
+
+    folder = tmp_path / "model"
+    with monkeypatch.context() as patch:
+        patch.setattr(Tokenizer, "train", failing)
+        with pytest.raises(TokenizerError):
+            train(small_config("tokenizer.vocab_size=900"), folder, verbose=0, log=print)
+    assert (folder / "config.yaml").exists() and not (folder / "checkpoint").exists()
+    result = train(small_config("training.epochs=1"), folder, verbose=0, log=lambda m: None)
+    assert result.state.global_step == 19 and (folder / "model.keras").exists()
+
+
 def test_unknown_config_key_is_refused_by_name(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--preset", "tiny", "--output",
                              str(tmp_path / "m"), "--set", "model.colour=blue"],

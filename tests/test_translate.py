@@ -681,7 +681,10 @@ def test_file_translation_killed_midway_leaves_no_output_and_reruns_byte_identic
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        partial = [p for p in tmp_path.glob(".tmp-*-out.txt") if p.stat().st_size > 0]
+        try:
+            partial = [p for p in tmp_path.glob(".tmp-*-out.txt") if p.stat().st_size > 0]
+        except FileNotFoundError:  # renamed between the listing and the look
+            partial = []
         if partial:
             break
         time.sleep(0.02)

@@ -1,4 +1,4 @@
-"""Crash points for the kill -9 tests (tests/test_crashes.py).
+"""Crash points for the kill -9 tests (tests/test_training.py).
 
 With TRANSLATOR_CRASH_AT=NAME[:K] in the environment, the K-th arrival (default: the
 first) at `crash_point(NAME)` kills the process with SIGKILL, as the OOM killer or a power

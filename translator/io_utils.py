@@ -1,15 +1,19 @@
 """Atomic writes: a temporary file in the same folder, then a rename.
 
 A crash or Ctrl-C never leaves a half-written file under the final name. Temporaries are
-named `.tmp-<pid>-<random>-<final name>`; one that a killed process left behind (kill -9
-runs no clean-up) is removed by the next write to the same final name.
+named `.tmp-<pid>.<host>-<random>-<final name>`; one that a killed process of this host
+left behind (kill -9 runs no clean-up) is removed by the next write to the same final
+name. Another host's temporaries (a folder shared over the network) are left alone: its
+process ids mean nothing here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,17 +60,22 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+
+
 def _prefix() -> str:
-    return f".tmp-{os.getpid()}-"
+    return f".tmp-{os.getpid()}.{_HOST}-"
 
 
-def remove_orphans(folder: Path, name: str = "*") -> list[Path]:
+def remove_orphans(folder: Path, name: str | None = None) -> list[Path]:
     """Removes the temporaries in `folder` for the file `name` (default: for any file)
-    whose writing process has died; returns them."""
+    that a dead process of this host was writing; returns them."""
+    pattern = re.compile(r"\.tmp-(\d{1,10})\.([A-Za-z0-9]*)-[a-z0-9_]+-"
+                         + (re.escape(name) if name else ".+"), re.ASCII)
     removed = []
-    for tmp in Path(folder).glob(f".tmp-*-{name}"):
-        pid = tmp.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+    for tmp in Path(folder).glob(".tmp-*"):
+        match = pattern.fullmatch(tmp.name)
+        if match and match[2] == _HOST and not _alive(int(match[1])):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -80,7 +89,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError):  # another user's process; not a pid here
         return True
     return True
 

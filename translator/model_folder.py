@@ -22,7 +22,7 @@ import yaml
 from translator import __version__
 from translator import config as config_lib
 from translator import kernels
-from translator.data.tokenizer import Tokenizer, TokenizerError
+from translator.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer, TokenizerError
 from translator.kernels import cpu
 from translator.model import Seq2Seq
 
@@ -41,10 +41,10 @@ class ModelFolderError(ValueError):
 def read_config(folder: Path | str) -> config_lib.Config:
     """The folder's config. A folder written by a newer version of the translator (its
     run card says so) is refused as such, before its config is read."""
+    _check_format(Path(folder))
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise ModelFolderError(f"{path} is missing: {folder} is not a model folder")
-    _check_format(Path(folder))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         return config_lib.from_dict(raw or {})
@@ -61,9 +61,11 @@ def _check_format(folder: Path) -> None:
     try:
         card = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
         written = int(card.get("folder_format", 1))
-        by = str(card.get("versions", {}).get("translator", "a newer version"))
     except (OSError, ValueError, TypeError, AttributeError):
         return  # no run card (e.g. a copied folder) or an unreadable one: the config decides
+    versions = card.get("versions")
+    by = versions.get("translator") if isinstance(versions, dict) else None
+    by = by if isinstance(by, str) else "a newer version"
     if written > FOLDER_FORMAT:
         raise ModelFolderError(
             f"{folder / RUN_FILE}: the folder was written by translator {by} in folder "
@@ -131,12 +133,19 @@ def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_li
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
     inside = folder.resolve()
-    for name in (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, "spm.model", "spm.src.model",
-                 "spm.tgt.model"):
+    for name in (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, JOINT_FILE, SRC_FILE, TGT_FILE):
         path = folder / name
-        if path.is_symlink() and not path.resolve().is_relative_to(inside):
-            raise ModelFolderError(f"{path} links to {path.resolve()}, outside the model "
-                                   "folder: a model folder holds its own files")
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link, a loop of links
+            raise ModelFolderError(f"{path} is a broken link") from None
+        if not target.is_relative_to(inside):
+            raise ModelFolderError(f"{path} links to {target}, outside the model folder: "
+                                   "a model folder holds its own files")
+        if not target.is_file():
+            raise ModelFolderError(f"{path} is not a file")
     config = read_config(folder)
     try:
         tokenizer = Tokenizer.load(folder)

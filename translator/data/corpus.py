@@ -179,7 +179,7 @@ def load_splits(data) -> DataSplits:
     if data.train_tsv or data.train_src:
         train = _read_user(data.train_tsv, data.train_src, data.train_tgt, files)
         dev = _read_user(data.dev_tsv, data.dev_src, data.dev_tgt, files)
-        if not dev and (data.dev_tsv or data.dev_src):
+        if (data.dev_tsv or data.dev_src) and not any(s.strip() for s, _ in dev):
             named = data.dev_tsv or f"{data.dev_src} and {data.dev_tgt}"
             raise CorpusError(f"the dev set {named} is empty")
         if not dev:

@@ -45,7 +45,8 @@ def escape(text: str) -> str:
 
 
 def unescape(text: str) -> str:
-    """Inverse of `escape` (an ESCAPE followed by anything else is kept as it is)."""
+    """Inverse of `escape`. A lone ESCAPE (which escape never writes; a model's output
+    may) is dropped."""
     if ESCAPE not in text:
         return text
     out, i = [], 0
@@ -54,7 +55,7 @@ def unescape(text: str) -> str:
             out.append(ESCAPE if text[i + 1] == ESCAPE else SPACE_SYMBOL)
             i += 2
         else:
-            out.append(text[i])
+            out.append("" if text[i] == ESCAPE else text[i])
             i += 1
     return "".join(out)
 

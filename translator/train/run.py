@@ -75,9 +75,8 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     folder.mkdir(parents=True, exist_ok=True)
     for part in (folder, folder / mf.CHECKPOINT_DIR):  # what a killed run was writing
         remove_orphans(part)
-    # First, so that a run killed at any later moment is resumed by the same command.
-    # Written on resume too: the budget keys (epochs, max_minutes, ...) may have grown.
-    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
+    if not resume:  # first, so that the same command resumes a run killed at any moment
+        _write_config(folder, config)
     tokenizer = _tokenizer(folder, config, splits, resume, log)
     train_ids = encode_pairs(tokenizer, splits.train, config.data.max_tokens)
     dev_ids = encode_pairs(tokenizer, splits.dev)
@@ -92,12 +91,18 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
                                     extend=more_epochs is not None)
     if config.training.init_from and not state.parent:
         state.parent = lineage.parent_card(config, tokenizer, model, splits, log)
+    if resume:  # the budget keys (epochs, max_minutes, ...) may have grown
+        _write_config(folder, config)
     if not state.finished:
         _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
     scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
     _write_run_card(folder, config, splits, state, time.monotonic() - started)
     return TrainResult(folder, state.best_bleu, scores, state)
+
+
+def _write_config(folder: Path, config: config_lib.Config) -> None:
+    atomic_write_bytes(folder / mf.CONFIG_FILE, config_lib.dump(config).encode("utf-8"))
 
 
 def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> bool:
@@ -110,8 +115,10 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
     if folder.exists() and not holds_run and any(folder.iterdir()):
         raise RunFolderError(f"{folder} is not empty and holds no model; choose another "
                              "--output (--overwrite replaces model folders only)")
-    if overwrite or not (folder / mf.CONFIG_FILE).exists():
-        return False
+    trained = ((folder / mf.CHECKPOINT_DIR / STATE_FILE).exists()
+               or (folder / mf.WEIGHTS_FILE).exists())
+    if overwrite or not (folder / mf.CONFIG_FILE).exists() or not trained:
+        return False  # (a run stopped before its first checkpoint trained nothing: start it)
     old = mf.read_config(folder).to_dict()
     new = config.to_dict()
     if old["tokenizer"] != new["tokenizer"]:
@@ -128,7 +135,7 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
 
 
 def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
-    if resume and any(folder.glob("spm*.model")):  # (a run killed before saving it has none)
+    if resume:
         tokenizer = Tokenizer.load(folder)
     elif config.training.init_from:
         tokenizer = Tokenizer.load(config.training.init_from)
