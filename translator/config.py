@@ -148,9 +148,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (wider LSTMs took 2.2x the time per epoch for no better dev BLEU: bench/README.md)
     "base": {
         "tokenizer": {"vocab_size": 8000},
-        "model": {"embedding_dim": 256, "encoder_units": 128, "decoder_units": 256, "dropout": 0.2},
-        "training": {"batch_size": 64, "epochs": 80, "max_minutes": 55, "plateau_patience": 2,
-                     "patience": 6},
+        "model": {"embedding_dim": 128, "encoder_units": 128, "decoder_units": 256, "dropout": 0.2},
+        "training": {"batch_size": 64, "epochs": 80, "max_minutes": 55, "patience": 6},
     },
 }
 
