@@ -43,6 +43,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="more_epochs", type=int, metavar="EPOCHS",
                    help="train the run in --output (finished or stopped) for EPOCHS more "
                    "epochs, with its own config and learning rate")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
+                   default="default", help="tf.distribute: one device (default), this "
+                   "machine's GPUs or CPU devices (mirrored), or the workers TF_CONFIG "
+                   "names (multiworker; run the same command on each)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -76,7 +80,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(config, args.output, overwrite=args.overwrite,
                        verbose=0 if args.quiet else "auto",
-                       more_epochs=args.more_epochs)
+                       more_epochs=args.more_epochs, strategy=args.strategy)
     except (ValueError, OSError) as err:  # every error of ours is a ValueError
         return _fail(str(err))
     except KeyboardInterrupt:

@@ -197,8 +197,12 @@ def batches_dataset(generate: Callable[[], Iterator]) -> tf.data.Dataset:
     """tf.data over a generator of make_batch() results, prefetched."""
     ids = tf.TensorSpec([None, None], tf.int32)
     spec = ({"source": ids, "target_in": ids}, ids)
-    return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(
-        tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    # under MultiWorkerMirroredStrategy each worker takes its part of every batch (there
+    # are no files to shard by): the global batch is split, not dealt out whole
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(data: EncodedPairs, batch_size: int = 64) -> list:

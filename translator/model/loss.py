@@ -23,6 +23,17 @@ def smoothed_cross_entropy(labels, logits, smoothing: float):
     return tf.nn.softmax_cross_entropy_with_logits(target, tf.cast(logits, tf.float32))
 
 
+def global_tokens(tokens):
+    """The number of target tokens in the whole batch: `tokens`, except in a replica of a
+    tf.distribute strategy with several, where each replica holds a part of the batch and
+    its parts' counts are summed. Each replica's loss is then its share of the batch's
+    mean, and the replicas' gradients sum to the one-device gradient (train/distribute.py)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tokens
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(tokens))
+
+
 @keras.saving.register_keras_serializable(package="translator")
 class MaskedCrossEntropy(keras.losses.Loss):
     """Token-level cross-entropy with label smoothing, averaged over non-pad target tokens.
@@ -47,11 +58,13 @@ class MaskedCrossEntropy(keras.losses.Loss):
             return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
 
     def call(self, y_true, y_pred):
+        if not y_true.dtype.is_integer:  # Keras builds a model under a tf.distribute
+            y_true = tf.cast(y_true, tf.int32)  # strategy from the replicas' mean batch
         cross_entropy = (self.operations.cross_entropy if self.operations is not None
                          else smoothed_cross_entropy)
         loss = cross_entropy(y_true, y_pred, self.label_smoothing)
         mask = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
-        return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+        return ops.sum(loss * mask) / ops.maximum(global_tokens(ops.sum(mask)), 1.0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -276,6 +276,26 @@ class Seq2Seq(keras.Model):
             new_state["feed"] = attentional
         return attentional, new_state, ops.squeeze(weights, 1)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Under a tf.distribute strategy Keras builds the loss, metrics and optimizer
+        before fit from a first batch of the distributed dataset, which it reduces with
+        strategy.reduce: MultiWorkerMirroredStrategy refuses that for a dict of inputs
+        (Keras 3.15; keras-team/keras#20329). A one-token batch has every shape it needs."""
+        if getattr(self, "_distribute_strategy", None) is None:
+            return  # as Keras: built when the train function is traced
+        ones = ops.ones((1, 2), "int32")
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=({"source": ones, "target_in": ones}, ones, None))
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras' step logs; across workers each of shape [1]: Keras reduces a step's logs
+        over MultiWorkerMirroredStrategy's replicas along axis 0, which a scalar lacks
+        (Keras 3.15)."""
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
+
     def get_config(self) -> dict:
         return {**super().get_config(), **self.settings}
 

@@ -45,8 +45,12 @@ class TrainingControl(keras.callbacks.Callback):
 
     def __init__(self, folder: Path, cfg: TrainingConfig, state: RunState, steps_per_epoch: int,
                  evaluate: Callable[[], float], save_best: Callable[[], None],
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 agree: Callable[[bool], bool] = bool) -> None:
+        """agree(flag): True if any worker's flag is (translator.train.distribute.agree):
+        the workers of a multi-worker run stop at the same step whatever their clocks."""
         super().__init__()
+        self.agree = agree
         self.folder, self.cfg, self.state = folder, cfg, state
         self.steps_per_epoch, self.evaluate, self.save_best = steps_per_epoch, evaluate, save_best
         self.log = log
@@ -66,7 +70,7 @@ class TrainingControl(keras.callbacks.Callback):
         every = self.cfg.checkpoint_every
         if every and self.state.global_step % every == 0:
             self.checkpoint()
-        if self._out_of_time():
+        if self.agree(self._out_of_time()):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -87,12 +91,15 @@ class TrainingControl(keras.callbacks.Callback):
         if complete:
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
         self.write_history()
+        reason = ""
         if self.state.bad_evals >= self.cfg.patience:
-            self._stop(f"early stopping: no better dev BLEU for {self.cfg.patience} epochs")
+            reason = f"early stopping: no better dev BLEU for {self.cfg.patience} epochs"
         elif self.state.epoch >= self.cfg.epochs:
-            self._stop(f"reached {self.cfg.epochs} epochs")
+            reason = f"reached {self.cfg.epochs} epochs"
         elif self._out_of_time():
-            self._stop(f"time budget of {self.cfg.max_minutes} minutes spent")
+            reason = f"time budget of {self.cfg.max_minutes} minutes spent"
+        if self.agree(bool(reason)):
+            self._stop(reason or "stopped with the other workers")
         self.checkpoint(keep_epoch=epoch + 1 if self.cfg.average_last and complete else None)
 
     def _track_best(self, bleu: float, epoch: float) -> None:

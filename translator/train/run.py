@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -18,7 +19,7 @@ from translator import __version__
 from translator import config as config_lib
 from translator.data import corpus as corpus_lib
 from translator import model_folder as mf
-from translator.train import lineage
+from translator.train import distribute, lineage
 from translator.train.lineage import RunFolderError
 from translator.train.callbacks import EpochProgress, TrainingControl
 from translator.train.state import STATE_FILE, RunState
@@ -50,7 +51,7 @@ class TrainResult:
 
 def train(config: config_lib.Config, output: Path | str, overwrite: bool = False,
           log: Callable[[str], None] = print, verbose: int | str = "auto",
-          more_epochs: int | None = None) -> TrainResult:
+          more_epochs: int | None = None, strategy: str = "default") -> TrainResult:
     """Trains (or resumes) the run `config` describes into the model folder `output`.
 
     more_epochs: extend the run in `output` (finished, or stopped by early stopping or its
@@ -58,8 +59,23 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     learning rate; early stopping starts counting afresh and no time budget applies.
     With config.training.init_from, a new run starts from that model's weights and
     tokenizer, with a fresh optimizer and schedule (fine-tuning).
+    strategy: default, mirrored or multiworker (translator.train.distribute); under
+    multiworker every worker calls train() alike, and only the chief writes `output`.
     """
-    folder = Path(output)
+    distribution = distribute.make_strategy(strategy)
+    if not distribute.is_chief(distribution):
+        with distribute.worker_folder(Path(output)) as own:
+            result = _train(config, own, overwrite, lambda message: None, 0, more_epochs,
+                            distribution, chief=False)
+        distribute.agree(distribution, False)  # wait for the chief to finish its scores
+        return dataclasses.replace(result, folder=Path(output))
+    result = _train(config, Path(output), overwrite, log, verbose, more_epochs, distribution)
+    distribute.agree(distribution, False)  # the workers wait for this
+    return result
+
+
+def _train(config, folder: Path, overwrite: bool, log, verbose, more_epochs, distribution,
+           chief: bool = True) -> TrainResult:
     started = time.monotonic()
     if more_epochs is not None:
         config = lineage.extended(config, folder, more_epochs)
@@ -87,14 +103,25 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
                                cfg.subword_nbest, cfg.seed, config.data.max_tokens)
                 if cfg.subword_alpha else None)
     batches = TrainingBatches(train_ids, cfg.batch_size, cfg.bucket_width, cfg.seed, resample)
-    model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log,
-                                    extend=more_epochs is not None)
+    with distribution.scope():
+        model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log,
+                                        extend=more_epochs is not None)
+    if not distribute.same_everywhere(distribution, state.global_step):
+        raise distribute.StrategyError(
+            f"the workers resume from different steps: each must see {folder} as the chief "
+            "writes it (a shared file system), or all start afresh")
+    if distribution.num_replicas_in_sync > 1:
+        log(f"strategy: {type(distribution).__name__}, {distribution.num_replicas_in_sync} "
+            f"replicas; batches of {config.training.batch_size} sentences split between them")
     if config.training.init_from and not state.parent:
         state.parent = lineage.parent_card(config, tokenizer, model, splits, log)
     if resume:  # the budget keys (epochs, max_minutes, ...) may have grown
         _write_config(folder, config)
     if not state.finished:
-        _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose)
+        _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose,
+             lambda flag: distribute.agree(distribution, flag))
+    if not chief:  # the chief scores the model and writes the run card
+        return TrainResult(folder, state.best_bleu, {}, state)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
     scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
     _write_run_card(folder, config, splits, state, time.monotonic() - started)
@@ -199,7 +226,7 @@ def compiled_model(config: config_lib.Config, tokenizer: Tokenizer):
 
 
 def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, folder: Path,
-         state: RunState, log, verbose) -> None:
+         state: RunState, log, verbose, agree) -> None:
     translator = Translator(model, tokenizer, config)
     dev_src, dev_ref = [s for s, _ in splits.dev], [t for _, t in splits.dev]
     beam = config.training.eval_beam
@@ -215,7 +242,7 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
             crash_point("best-model-write")
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
-                              batches.steps_per_epoch, dev_bleu, save_best, log)
+                              batches.steps_per_epoch, dev_bleu, save_best, log, agree)
     # the progress bar before control (why: EpochProgress's docstring)
     callbacks = [EpochProgress(config.training.epochs), control,
                  keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]

@@ -1,0 +1,141 @@
+"""Training on several devices or machines with tf.distribute (train.py --strategy).
+
+- default: one device, TensorFlow's default strategy; the compiled kernels where they load.
+- mirrored: tf.distribute.MirroredStrategy over this machine's GPUs, or its logical CPU
+  devices when it has no GPU: one model replica per device, gradients summed each step.
+- multiworker: tf.distribute.MultiWorkerMirroredStrategy across machines, configured by
+  the TF_CONFIG environment variable as TensorFlow documents it; every worker runs the
+  same train.py command.
+
+What runs where: under mirrored and multiworker every op is TensorFlow's own (the plain
+path of translator.model.operations), so each replica's ops go to its device; the
+compiled kernels are CPU ops and run only with the default strategy on a machine without
+a GPU (translator.kernels.choose_operations decides). The dev evaluation and the final
+scores search on the first device of each worker.
+
+Each step's global batch (training.batch_size sentences) is split between the replicas,
+and the loss is scaled so that the summed gradient is the one-device gradient of the
+whole batch: each replica divides its token losses by the batch's total number of target
+tokens (translator.model.loss.global_tokens). Only the chief (worker 0, or the task named
+chief) writes the model folder; the other workers write into a temporary folder they
+delete at the end.
+Every worker takes the same decisions (dev BLEU, early stopping, the time budget) at the
+same steps; `agree` makes them one where a clock could differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot run here (e.g. multiworker without TF_CONFIG)."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy named by train.py --strategy."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        cluster = _tf_config()
+        workers = cluster.get("cluster", {})
+        if not isinstance(workers, dict) or not (workers.get("worker") or workers.get("chief")):
+            raise StrategyError("TF_CONFIG names no workers: it needs a cluster with "
+                                "'worker' addresses and this process's 'task'")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _tf_config() -> dict[str, Any]:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise StrategyError("--strategy multiworker needs TF_CONFIG: the cluster's worker "
+                            "addresses and this process's task, as TensorFlow documents it")
+    try:
+        config = json.loads(raw)
+    except ValueError as err:
+        raise StrategyError(f"TF_CONFIG is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), dict):
+        raise StrategyError("TF_CONFIG needs a 'task' with this process's type and index")
+    return config
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True in the process that writes the model folder: the only one, except under
+    multiworker, where it is the task of type chief, else worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and \
+        "chief" not in resolver.cluster_spec().as_dict()
+
+
+def workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes taking part in training: 1 unless multiworker."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+_SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sum(strategy: tf.distribute.Strategy, value: float) -> float:
+    """value summed over every replica of every worker (all must call this together)."""
+    if strategy not in _SUMS:
+        @tf.function
+        def total(value):
+            per_replica = strategy.run(tf.identity, args=(value,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        _SUMS[strategy] = total
+    return float(_SUMS[strategy](tf.constant(value, tf.float64)).numpy())
+
+
+def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True if `flag` is True in any worker (each must call this at the same point); the
+    flag itself where there is one worker."""
+    if workers(strategy) == 1:
+        return flag
+    return _sum(strategy, 1.0 if flag else 0.0) > 0
+
+
+def same_everywhere(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """True when every worker holds the same integer (e.g. the step it resumes from); a
+    worker whose value is not the mean of all sees the difference, and agree() tells all."""
+    if workers(strategy) == 1:
+        return True
+    total = _sum(strategy, float(value))
+    return not agree(strategy, total != strategy.num_replicas_in_sync * float(value))
+
+
+@contextmanager
+def worker_folder(output: Path) -> Iterator[Path]:
+    """A temporary model folder for a worker that is not the chief: a copy of `output`
+    when this worker sees it (a shared file system: a resumed run), else empty. Deleted
+    at the end."""
+    root = Path(tempfile.mkdtemp(prefix="translator-worker-"))
+    folder = root / output.name
+    try:
+        if output.is_dir():
+            shutil.copytree(output, folder)
+        yield folder
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
