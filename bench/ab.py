@@ -1,0 +1,110 @@
+"""Same-run speed A/B of this checkout against another commit: training and decoding.
+
+The VM's speed drifts by 10-20% over minutes, so two commits are compared only in one run,
+alternating: round r runs bench/train_speed.py and bench/decode_speed.py from both
+checkouts, the order flipped every round (before-after, after-before, ...). Each round
+gives an after/before ratio per figure; the summary is their geometric mean and their
+range over the rounds. `before` is checked out into a temporary git worktree.
+
+Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/ab.py --before 7f7e3ad \\
+          --model models/demo --rounds 6 --name ab5
+
+Each run's results file goes to bench/results/ab/<name>_{train,decode}_{before,after}_r<r>
+-<cpu>.json and the summary to bench/results/<name>-<cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import flops  # imports translator first: TensorFlow starts quietly
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="the commit to compare against")
+    parser.add_argument("--model", required=True,
+                        help="a model folder both versions load (decoding speed)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--sizes", nargs="+", default=["peers"], help="train_speed sizes")
+    parser.add_argument("--precision", default="mixed_bfloat16", help="train_speed precision")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeats inside each benchmark run (the rounds repeat too)")
+    parser.add_argument("--name", default="ab")
+    return parser.parse_args(argv)
+
+
+def figures(kind: str, result: dict) -> dict[str, float]:
+    """The medians a run measured: target tokens/s per training size, sentences/s per beam."""
+    if kind == "train":
+        return {f"train {c['size']} tok/s": c["summary"]["median_tokens_per_s"]
+                for c in result["cases"]}
+    return {f"decode beam {beam} sent/s": flops.median(s["sentences_per_s"])
+            for beam, s in result["searches"].items()}
+
+
+def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace) -> dict:
+    """Runs one benchmark from `checkout`; returns its results, also filed under ab/."""
+    script = "train_speed.py" if kind == "train" else "decode_speed.py"
+    command = [sys.executable, str(checkout / "bench" / script), "--name", f"tmp/{name}",
+               "--repeats", str(args.repeats)]
+    if kind == "train":
+        command += ["--sizes", *args.sizes, "--precision", args.precision]
+    else:
+        command += ["--model", str(Path(args.model).resolve())]
+    subprocess.run(command, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+    produced = checkout / flops.results_path(f"tmp/{name}").relative_to(ROOT)
+    filed = flops.results_path(f"ab/{name}")
+    filed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(produced, filed)
+    return json.loads(filed.read_text())
+
+
+def main() -> None:
+    args = parse_args()
+    info = flops.machine()
+    worktree = Path(tempfile.mkdtemp(prefix="ab-before-")) / "checkout"
+    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    sides = {"before": worktree, "after": ROOT}
+    ratios: dict[str, list[float]] = {}
+    try:
+        for r in range(1, args.rounds + 1):
+            order = ("before", "after") if r % 2 else ("after", "before")
+            for kind in ("train", "decode"):
+                measured = {side: figures(kind, run_once(sides[side], kind,
+                                                         f"{args.name}_{kind}_{side}_r{r}",
+                                                         args))
+                            for side in order}
+                for key, after in measured["after"].items():
+                    ratios.setdefault(key, []).append(after / measured["before"][key])
+                    print(f"round {r} ({' then '.join(order)}): {key}: after/before "
+                          f"{ratios[key][-1]:.3f}", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT,
+                       check=False)
+        shutil.rmtree(worktree.parent, ignore_errors=True)
+    summary = {key: {"geometric_mean": math.exp(sum(map(math.log, values)) / len(values)),
+                     "rounds": values, "min": min(values), "max": max(values)}
+               for key, values in ratios.items()}
+    for key, s in summary.items():
+        print(f"{key}: after/before {s['geometric_mean']:.3f} (rounds {s['min']:.3f}-"
+              f"{s['max']:.3f})")
+    flops.write_results(args.name, {
+        "benchmark": "ab", "machine": info, "settings": vars(args),
+        "after": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip(),
+        "summary": summary, "steal_share": flops.run_steal(info)})
+
+
+if __name__ == "__main__":
+    main()
