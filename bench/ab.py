@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -48,11 +49,27 @@ def figures(kind: str, result: dict) -> dict[str, float]:
     if kind == "train":
         return {f"train {c['size']} tok/s": c["summary"]["median_tokens_per_s"]
                 for c in result["cases"]}
-    return {f"decode beam {beam} sent/s": flops.median(s["sentences_per_s"])
+    return {f"decode beam {beam} sent/s": s["median_sentences_per_s"]
             for beam, s in result["searches"].items()}
 
 
-def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace) -> dict:
+def environment(checkout: Path) -> dict[str, str]:
+    """The checkout's own package first on the path (an editable install points at this
+    one), its own caches (kernels built from its sources), the mirror as an absolute path."""
+    env = {key: value for key, value in os.environ.items() if key != "TRANSLATOR_CACHE"}
+    env["PYTHONPATH"] = str(checkout)
+    if env.get("TRANSLATOR_MIRROR"):
+        env["TRANSLATOR_MIRROR"] = str(Path(env["TRANSLATOR_MIRROR"]).resolve())
+    probe = "import translator; print(translator.__file__)"
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=checkout, env=env,
+                              capture_output=True, text=True, check=True)
+    if not Path(imported.stdout.strip()).resolve().is_relative_to(checkout.resolve()):
+        raise SystemExit(f"{checkout} would run {imported.stdout.strip()}: not its own package")
+    return env
+
+
+def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace,
+             env: dict[str, str]) -> dict:
     """Runs one benchmark from `checkout`; returns its results, also filed under ab/."""
     script = "train_speed.py" if kind == "train" else "decode_speed.py"
     command = [sys.executable, str(checkout / "bench" / script), "--name", f"tmp/{name}",
@@ -61,7 +78,7 @@ def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace) -> 
         command += ["--sizes", *args.sizes, "--precision", args.precision]
     else:
         command += ["--model", str(Path(args.model).resolve())]
-    subprocess.run(command, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
     produced = checkout / flops.results_path(f"tmp/{name}").relative_to(ROOT)
     filed = flops.results_path(f"ab/{name}")
     filed.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +93,7 @@ def main() -> None:
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     sides = {"before": worktree, "after": ROOT}
+    envs = {side: environment(checkout) for side, checkout in sides.items()}
     ratios: dict[str, list[float]] = {}
     try:
         for r in range(1, args.rounds + 1):
@@ -83,7 +101,7 @@ def main() -> None:
             for kind in ("train", "decode"):
                 measured = {side: figures(kind, run_once(sides[side], kind,
                                                          f"{args.name}_{kind}_{side}_r{r}",
-                                                         args))
+                                                         args, envs[side]))
                             for side in order}
                 for key, after in measured["after"].items():
                     ratios.setdefault(key, []).append(after / measured["before"][key])

@@ -6,7 +6,8 @@ and end where a one-device run with the same global batch and seed ends.
 Tolerance: the weights after 10 steps within 1e-5 of the one-device run's (they differ in
 the order the replicas' gradients are summed: 1.2e-7 measured), the epoch's training and
 dev loss within 1e-4 (history.csv keeps four decimals). Dropout is off and the precision
-float32, so the runs differ in nothing but how each step is split.
+float32, so the runs differ in nothing but how each step is split. clipnorm is 0.05, so
+that clipping acts at every step: it must clip the summed gradient, not each replica's part.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from translator import config as config_lib
 from translator.train.run import train
 config = config_lib.load(preset="tiny", overrides=[
     "training.epochs=1", "data.train_limit=320", "data.dev_limit=64", "model.dropout=0",
-    "training.precision=float32"])
+    "training.precision=float32", "training.clipnorm=0.05"])
 result = train(config, output, verbose=0, log=lambda m: print(m, file=sys.stderr),
                strategy=strategy)
 print(json.dumps(result.state.history))

@@ -100,12 +100,22 @@ def test_fresh_process_translates_byte_identically_to_the_plain_translator(
     assert any(t for t in served[0]["translation"])
 
 
+# invalid UTF-8: a lone byte, a cut sequence, a surrogate, overlong forms, beyond U+10FFFF
+BAD_UTF8 = [b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\xf0\x80\x80", b"\xc0\xaf",
+            b"\xf4\x90\x80\x80"]
+
+
 def test_invalid_utf8_is_replaced_as_translate_py_errors_replace_does(
         exported, plain_translator):
+    raw = [b"A man " + bad + b" sits on a bench." for bad in BAD_UTF8]
+    replaced = tf.strings.unicode_transcode(tf.constant(raw), "UTF-8", "UTF-8",
+                                            errors="replace", replacement_char=0xFFFD)
+    assert [r.decode("utf-8") for r in replaced.numpy()] == [
+        r.decode("utf-8", errors="replace") for r in raw]
     serve = tf.saved_model.load(str(exported["beam"])).signatures[export.SIGNATURE]
-    raw = b"A man \xff sits on a bench."
-    out = serve(text=tf.constant([raw]))["translation"].numpy()[0].decode("utf-8")
-    assert out == plain_translator.translate(raw.decode("utf-8", errors="replace"))
+    out = serve(text=tf.constant(raw[:2]))["translation"].numpy()
+    assert [t.decode("utf-8") for t in out] == plain_translator.translate(
+        [r.decode("utf-8", errors="replace") for r in raw[:2]])
 
 
 def test_in_graph_escape_strip_and_unescape_match_the_tokenizer():
@@ -138,8 +148,11 @@ def test_export_command_replaces_a_folder_whole_and_refuses_bad_arguments(
     assert "no such model folder" in capsys.readouterr().err
     assert export.main(["--model", str(tiny_model), "--out", str(tmp_path / "y"),
                         "--beam", "0"]) == 2
-    assert "--beam must be at least 1" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert "decoding.beam" in capsys.readouterr().err
+    assert export.main(["--model", str(tiny_model), "--out", str(tmp_path / "z"),
+                        "--length-penalty", "-1"]) == 2
+    assert "decoding.length_penalty" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "xyz")
 
 
 def _readme_request_and_response() -> tuple[dict, dict]:

@@ -118,12 +118,9 @@ def export(model: Path | str, out: Path | str, beam: int | None = None,
 
     translator = Translator.load(model)
     translator.model.use_operations(PLAIN)
-    decoding = translator.config.decoding
-    beam = decoding.beam if beam is None else beam
-    alpha = decoding.length_penalty if length_penalty is None else length_penalty
-    if beam < 1:
-        raise ValueError(f"--beam must be at least 1, got {beam}")
-    serving = _Serving(translator, beam, alpha)
+    # checked (and defaulted) as translate's options are: a ConfigError names the key
+    settings, _ = translator._settings({"beam": beam, "length_penalty": length_penalty})
+    serving = _Serving(translator, settings.beam, settings.length_penalty)
     archive = keras.export.ExportArchive()
     archive.track(translator.model)
     archive.track(serving)

@@ -58,8 +58,6 @@ class MaskedCrossEntropy(keras.losses.Loss):
             return self.call(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
 
     def call(self, y_true, y_pred):
-        if not y_true.dtype.is_integer:  # Keras builds a model under a tf.distribute
-            y_true = tf.cast(y_true, tf.int32)  # strategy from the replicas' mean batch
         cross_entropy = (self.operations.cross_entropy if self.operations is not None
                          else smoothed_cross_entropy)
         loss = cross_entropy(y_true, y_pred, self.label_smoothing)

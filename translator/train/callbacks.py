@@ -70,7 +70,7 @@ class TrainingControl(keras.callbacks.Callback):
         every = self.cfg.checkpoint_every
         if every and self.state.global_step % every == 0:
             self.checkpoint()
-        if self.agree(self._out_of_time()):
+        if self.cfg.max_minutes and self.agree(self._out_of_time()):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

@@ -19,8 +19,11 @@ whole batch: each replica divides its token losses by the batch's total number o
 tokens (translator.model.loss.global_tokens). Only the chief (worker 0, or the task named
 chief) writes the model folder; the other workers write into a temporary folder they
 delete at the end.
-Every worker takes the same decisions (dev BLEU, early stopping, the time budget) at the
-same steps; `agree` makes them one where a clock could differ.
+Every worker takes the same decisions at the same steps: the chief alone computes dev BLEU
+and every worker reads its value (`from_chief`): the learning rate and early stopping
+follow it; `agree` stops all at once where one worker's clock has spent the time budget.
+A worker that dies ends the others' collectives with an error (TensorFlow's coordination
+service notices its missing heartbeats); stop a run on every worker.
 """
 
 from __future__ import annotations
@@ -78,13 +81,7 @@ def _tf_config() -> dict[str, Any]:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True in the process that writes the model folder: the only one, except under
     multiworker, where it is the task of type chief, else worker 0."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and \
-        "chief" not in resolver.cluster_spec().as_dict()
+    return bool(strategy.extended.should_checkpoint)
 
 
 def workers(strategy: tf.distribute.Strategy) -> int:
@@ -95,6 +92,7 @@ def workers(strategy: tf.distribute.Strategy) -> int:
 
 
 _SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FIRSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _sum(strategy: tf.distribute.Strategy, value: float) -> float:
@@ -126,16 +124,36 @@ def same_everywhere(strategy: tf.distribute.Strategy, value: int) -> bool:
     return not agree(strategy, total != strategy.num_replicas_in_sync * float(value))
 
 
+def from_chief(strategy: tf.distribute.Strategy, value: float) -> float:
+    """The chief's value, in every worker (each must call this at the same point; only
+    the chief's value counts): e.g. the dev BLEU, which only the chief computes, so that
+    every worker takes the chief's learning-rate and stopping decisions."""
+    if workers(strategy) == 1:
+        return value
+    if strategy not in _FIRSTS:
+        @tf.function
+        def first(value):
+            def own(value):  # the first replica of all sits on the chief
+                first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+                return tf.where(first, value, tf.zeros_like(value))
+
+            per_replica = strategy.run(own, args=(value,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        _FIRSTS[strategy] = first
+    return float(_FIRSTS[strategy](tf.constant(value, tf.float64)).numpy())
+
+
 @contextmanager
-def worker_folder(output: Path) -> Iterator[Path]:
-    """A temporary model folder for a worker that is not the chief: a copy of `output`
-    when this worker sees it (a shared file system: a resumed run), else empty. Deleted
-    at the end."""
+def worker_folder(output: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary model folder for a worker that is not the chief: empty, or where it
+    sees `output` (a shared file system) and the run is not started over, a copy of the
+    run in it to resume from. Deleted at the end."""
     root = Path(tempfile.mkdtemp(prefix="translator-worker-"))
     folder = root / output.name
     try:
-        if output.is_dir():
-            shutil.copytree(output, folder)
+        if output.is_dir() and not overwrite:
+            shutil.copytree(output, folder, ignore=shutil.ignore_patterns("logs", "evaluations"))
         yield folder
     finally:
         shutil.rmtree(root, ignore_errors=True)

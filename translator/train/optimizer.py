@@ -6,6 +6,10 @@ variable. TensorFlow's own ResourceApplyAdam does the same arithmetic (the same
 bias-corrected step size, epsilon outside the square root) in one multi-threaded pass
 (what that is worth: bench/train_ablation.py). Sparse gradients, AMSGrad and non-float32
 variables keep Keras' update.
+
+Under a tf.distribute strategy with several replicas, Keras (3.15) would clip each
+replica's part of the gradient before the parts are summed; here the clipping waits for
+the sum, so it clips the gradient a one-device run clips.
 """
 
 from __future__ import annotations
@@ -32,3 +36,20 @@ class FusedAdam(keras.optimizers.Adam):
             beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, tf.float32), beta1=beta_1, beta2=beta_2,
             epsilon=tf.cast(self.epsilon, tf.float32), grad=tf.cast(gradient, tf.float32))
+
+    def _clip_gradients(self, grads):
+        if _replicas() > 1:
+            return grads  # clipped once summed: _all_reduce_sum_gradients
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """Keras' sum over the replicas, then the clipping (clipnorm per variable)."""
+        summed = super()._all_reduce_sum_gradients(grads_and_vars)
+        if _replicas() == 1:
+            return summed
+        clipped = super()._clip_gradients([grad for grad, _ in summed])
+        return [(grad, var) for grad, (_, var) in zip(clipped, summed)]
+
+
+def _replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync

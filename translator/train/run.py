@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from translator import __version__
 from translator import config as config_lib
@@ -64,7 +65,7 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     """
     distribution = distribute.make_strategy(strategy)
     if not distribute.is_chief(distribution):
-        with distribute.worker_folder(Path(output)) as own:
+        with distribute.worker_folder(Path(output), overwrite) as own:
             result = _train(config, own, overwrite, lambda message: None, 0, more_epochs,
                             distribution, chief=False)
         distribute.agree(distribution, False)  # wait for the chief to finish its scores
@@ -103,29 +104,41 @@ def _train(config, folder: Path, overwrite: bool, log, verbose, more_epochs, dis
                                cfg.subword_nbest, cfg.seed, config.data.max_tokens)
                 if cfg.subword_alpha else None)
     batches = TrainingBatches(train_ids, cfg.batch_size, cfg.bucket_width, cfg.seed, resample)
+    # before any variable exists: under multiworker, creating one is a collective
+    if not distribute.same_everywhere(distribution, _resume_step(folder, resume)):
+        raise distribute.StrategyError(
+            f"the workers resume from different steps: each must see {folder} as the chief "
+            "writes it (a shared file system), or all start afresh (--overwrite)")
     with distribution.scope():
         model, state = _model_and_state(folder, config, tokenizer, splits.files, resume, log,
                                         extend=more_epochs is not None)
-    if not distribute.same_everywhere(distribution, state.global_step):
-        raise distribute.StrategyError(
-            f"the workers resume from different steps: each must see {folder} as the chief "
-            "writes it (a shared file system), or all start afresh")
-    if distribution.num_replicas_in_sync > 1:
-        log(f"strategy: {type(distribution).__name__}, {distribution.num_replicas_in_sync} "
-            f"replicas; batches of {config.training.batch_size} sentences split between them")
+    if distribution is not tf.distribute.get_strategy():
+        replicas = distribution.num_replicas_in_sync
+        log(f"strategy: {type(distribution).__name__}, {replicas} replica"
+            f"{'s' if replicas > 1 else ''}; batches of {config.training.batch_size} sentences"
+            + (" split between them" if replicas > 1 else
+               " (one device: --strategy default trains the same, with the compiled kernels)"))
     if config.training.init_from and not state.parent:
         state.parent = lineage.parent_card(config, tokenizer, model, splits, log)
     if resume:  # the budget keys (epochs, max_minutes, ...) may have grown
         _write_config(folder, config)
     if not state.finished:
         _fit(model, config, tokenizer, splits, batches, dev_ids, folder, state, log, verbose,
-             lambda flag: distribute.agree(distribution, flag))
+             distribution, chief)
     if not chief:  # the chief scores the model and writes the run card
         return TrainResult(folder, state.best_bleu, {}, state)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
     scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
     _write_run_card(folder, config, splits, state, time.monotonic() - started)
     return TrainResult(folder, state.best_bleu, scores, state)
+
+
+def _resume_step(folder: Path, resume: bool) -> int:
+    """The step a run resumes from (0 for a fresh one)."""
+    checkpoint = folder / mf.CHECKPOINT_DIR
+    if not (resume and (checkpoint / STATE_FILE).exists()):
+        return 0
+    return RunState.load(checkpoint).global_step
 
 
 def _write_config(folder: Path, config: config_lib.Config) -> None:
@@ -226,15 +239,20 @@ def compiled_model(config: config_lib.Config, tokenizer: Tokenizer):
 
 
 def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, folder: Path,
-         state: RunState, log, verbose, agree) -> None:
+         state: RunState, log, verbose, distribution, chief: bool = True) -> None:
+    """Trains until the run is finished or stopped. Under a multi-worker strategy only the
+    chief translates the dev set; every worker takes its BLEU (distribute.from_chief)."""
     translator = Translator(model, tokenizer, config)
     dev_src, dev_ref = [s for s, _ in splits.dev], [t for _, t in splits.dev]
     beam = config.training.eval_beam
 
     def dev_bleu() -> float:
-        hyps = translator.translate(dev_src, beam=beam, nbest=1)
-        crash_point("dev-evaluation")
-        return bleu(hyps, dev_ref, config.data.tgt).score
+        score = 0.0
+        if chief:
+            hyps = translator.translate(dev_src, beam=beam, nbest=1)
+            crash_point("dev-evaluation")
+            score = bleu(hyps, dev_ref, config.data.tgt).score
+        return distribute.from_chief(distribution, score)
 
     def save_best() -> None:
         with atomic_path(folder / mf.WEIGHTS_FILE) as tmp:
@@ -242,7 +260,8 @@ def _fit(model, config, tokenizer, splits, batches: TrainingBatches, dev_ids, fo
             crash_point("best-model-write")
 
     control = TrainingControl(folder / mf.CHECKPOINT_DIR, config.training, state,
-                              batches.steps_per_epoch, dev_bleu, save_best, log, agree)
+                              batches.steps_per_epoch, dev_bleu, save_best, log,
+                              lambda flag: distribute.agree(distribution, flag))
     # the progress bar before control (why: EpochProgress's docstring)
     callbacks = [EpochProgress(config.training.epochs), control,
                  keras.callbacks.TensorBoard(str(folder / "logs"), update_freq=50)]
