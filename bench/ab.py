@@ -6,8 +6,13 @@ checkouts, the order flipped every round (before-after, after-before, ...). Each
 gives an after/before ratio per figure; the summary is their geometric mean and their
 range over the rounds. `before` is checked out into a temporary git worktree.
 
-Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/ab.py --before 7f7e3ad \\
-          --model models/demo --rounds 6 --name ab5
+Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/ab.py --before 71eac7d \\
+          --rounds 6 --name ab5 --decode-set model.embedding_dim=256 \\
+          --decode-set model.encoder_units=128 --decode-set model.decoder_units=256 \\
+          --decode-set tokenizer.vocab_size=8000
+
+A trained model folder (--model) decodes real translations but must load in both
+versions; without it both decode with the same random weights.
 
 Each run's results file goes to bench/results/ab/<name>_{train,decode}_{before,after}_r<r>
 -<cpu>.json and the summary to bench/results/<name>-<cpu>.json.
@@ -33,8 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the commit to compare against")
-    parser.add_argument("--model", required=True,
-                        help="a model folder both versions load (decoding speed)")
+    parser.add_argument("--model", help="a model folder both versions load (decoding speed); "
+                        "default: random weights of the size --decode-set gives")
+    parser.add_argument("--decode-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="decode_speed.py --set, for both checkouts (e.g. the model size)")
+    parser.add_argument("--eager-limit", type=int, default=10,
+                        help="sentences of decode_speed.py's eager reference loop")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sizes", nargs="+", default=["peers"], help="train_speed sizes")
     parser.add_argument("--precision", default="mixed_bfloat16", help="train_speed precision")
@@ -77,7 +86,9 @@ def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace,
     if kind == "train":
         command += ["--sizes", *args.sizes, "--precision", args.precision]
     else:
-        command += ["--model", str(Path(args.model).resolve())]
+        command += ["--eager-limit", str(args.eager_limit)]
+        command += ["--model", str(Path(args.model).resolve())] if args.model else []
+        command += [f"--set={item}" for item in args.decode_set]
     subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
     produced = checkout / flops.results_path(f"tmp/{name}").relative_to(ROOT)
     filed = flops.results_path(f"ab/{name}")
@@ -93,9 +104,9 @@ def main() -> None:
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     sides = {"before": worktree, "after": ROOT}
-    envs = {side: environment(checkout) for side, checkout in sides.items()}
     ratios: dict[str, list[float]] = {}
     try:
+        envs = {side: environment(checkout) for side, checkout in sides.items()}
         for r in range(1, args.rounds + 1):
             order = ("before", "after") if r % 2 else ("after", "before")
             for kind in ("train", "decode"):
