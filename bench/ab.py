@@ -4,7 +4,8 @@ The VM's speed drifts by 10-20% over minutes, so two commits are compared only i
 alternating: round r runs bench/train_speed.py and bench/decode_speed.py from both
 checkouts, the order flipped every round (before-after, after-before, ...). Each round
 gives an after/before ratio per figure; the summary is their geometric mean and their
-range over the rounds. `before` is checked out into a temporary git worktree.
+range over the rounds. Both commits are checked out into temporary git worktrees, so the
+two sides differ in nothing but their code (same paths, fresh caches, kernels built alike).
 
 Run:  TRANSLATOR_MIRROR=../shared/corpora .venv/bin/python bench/ab.py --before 71eac7d \\
           --rounds 6 --name ab5 --decode-set model.embedding_dim=256 \\
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the commit to compare against")
+    parser.add_argument("--after", default="HEAD", help="the commit compared (default: HEAD)")
     parser.add_argument("--model", help="a model folder both versions load (decoding speed); "
                         "default: random weights of the size --decode-set gives")
     parser.add_argument("--decode-set", action="append", default=[], metavar="KEY=VALUE",
@@ -100,12 +102,13 @@ def run_once(checkout: Path, kind: str, name: str, args: argparse.Namespace,
 def main() -> None:
     args = parse_args()
     info = flops.machine()
-    worktree = Path(tempfile.mkdtemp(prefix="ab-before-")) / "checkout"
-    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    sides = {"before": worktree, "after": ROOT}
+    temporary = Path(tempfile.mkdtemp(prefix="ab-"))
+    sides = {side: temporary / side for side in ("before", "after")}
     ratios: dict[str, list[float]] = {}
     try:
+        for side, checkout in sides.items():
+            subprocess.run(["git", "worktree", "add", "--detach", str(checkout),
+                            getattr(args, side)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         envs = {side: environment(checkout) for side, checkout in sides.items()}
         for r in range(1, args.rounds + 1):
             order = ("before", "after") if r % 2 else ("after", "before")
@@ -119,9 +122,10 @@ def main() -> None:
                     print(f"round {r} ({' then '.join(order)}): {key}: after/before "
                           f"{ratios[key][-1]:.3f}", flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT,
-                       check=False)
-        shutil.rmtree(worktree.parent, ignore_errors=True)
+        for checkout in sides.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT,
+                           check=False, capture_output=True)
+        shutil.rmtree(temporary, ignore_errors=True)
     summary = {key: {"geometric_mean": math.exp(sum(map(math.log, values)) / len(values)),
                      "rounds": values, "min": min(values), "max": max(values)}
                for key, values in ratios.items()}
@@ -130,8 +134,9 @@ def main() -> None:
               f"{s['max']:.3f})")
     flops.write_results(args.name, {
         "benchmark": "ab", "machine": info, "settings": vars(args),
-        "after": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip(),
+        "commits": {side: subprocess.run(["git", "rev-parse", getattr(args, side)], cwd=ROOT,
+                                         capture_output=True, text=True).stdout.strip()
+                    for side in sides},
         "summary": summary, "steal_share": flops.run_steal(info)})
 
 
