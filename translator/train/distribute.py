@@ -92,19 +92,26 @@ def workers(strategy: tf.distribute.Strategy) -> int:
 
 
 _SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_FIRSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _sum(strategy: tf.distribute.Strategy, value: float) -> float:
-    """value summed over every replica of every worker (all must call this together)."""
-    if strategy not in _SUMS:
+def _sum(strategy: tf.distribute.Strategy, value: float, first_only: bool = False) -> float:
+    """value summed over every replica of every worker (all must call this together);
+    first_only: only the first replica's value counts (it sits on the chief)."""
+    compiled = _SUMS.setdefault(strategy, {})
+    if first_only not in compiled:
+        def own(value):
+            if not first_only:
+                return tf.identity(value)
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+            return tf.where(first, value, tf.zeros_like(value))
+
         @tf.function
         def total(value):
-            per_replica = strategy.run(tf.identity, args=(value,))
+            per_replica = strategy.run(own, args=(value,))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-        _SUMS[strategy] = total
-    return float(_SUMS[strategy](tf.constant(value, tf.float64)).numpy())
+        compiled[first_only] = total
+    return float(compiled[first_only](tf.constant(value, tf.float64)).numpy())
 
 
 def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
@@ -128,20 +135,7 @@ def from_chief(strategy: tf.distribute.Strategy, value: float) -> float:
     """The chief's value, in every worker (each must call this at the same point; only
     the chief's value counts): e.g. the dev BLEU, which only the chief computes, so that
     every worker takes the chief's learning-rate and stopping decisions."""
-    if workers(strategy) == 1:
-        return value
-    if strategy not in _FIRSTS:
-        @tf.function
-        def first(value):
-            def own(value):  # the first replica of all sits on the chief
-                first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-                return tf.where(first, value, tf.zeros_like(value))
-
-            per_replica = strategy.run(own, args=(value,))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-        _FIRSTS[strategy] = first
-    return float(_FIRSTS[strategy](tf.constant(value, tf.float64)).numpy())
+    return value if workers(strategy) == 1 else _sum(strategy, value, first_only=True)
 
 
 @contextmanager
