@@ -144,14 +144,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 64, "epochs": 25, "max_minutes": 8},
         "data": {"dev_limit": 300},
     },
-    # the best quality reachable in an hour on 2 cores: the levers' best run (the 8k
-    # vocabulary, 128-wide embeddings) trained until dev BLEU stops improving, about 20
-    # minutes on Multi30k. Wider LSTMs took 2.2x the time per epoch for no better dev BLEU;
-    # 256-wide embeddings and dropout 0.3 scored lower at this length (bench/README.md).
+    # the best quality reachable in an hour on 2 cores (bench/README.md, levers): input
+    # feeding with additive attention (+3 dev BLEU at equal epochs, for 1.3x the time per
+    # epoch), a 2x256 encoder, dropout 0.3, the 8k vocabulary, 128-wide embeddings, and the
+    # learning rate halved after 2 epochs without a better dev BLEU
     "base": {
         "tokenizer": {"vocab_size": 8000},
-        "model": {"embedding_dim": 128, "encoder_units": 128, "decoder_units": 256, "dropout": 0.2},
-        "training": {"batch_size": 64, "epochs": 80, "max_minutes": 55, "patience": 6},
+        "model": {"embedding_dim": 128, "encoder_units": 256, "decoder_units": 256, "dropout": 0.3,
+                  "attention": "additive", "input_feeding": True},
+        "training": {"batch_size": 64, "epochs": 80, "max_minutes": 55, "patience": 6,
+                     "plateau_patience": 2},
     },
 }
 
