@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,6 +32,18 @@ def test_presets_load_validate_and_apply_every_value(preset):
     defaults = _flat(Config().to_dict())
     untouched = set(defaults) - set(_flat(config.PRESETS[preset]))
     assert {k: flat[k] for k in untouched} == {k: defaults[k] for k in untouched}
+
+
+def test_the_2x128_base_variant_in_bench_configs_is_base_with_exactly_its_settings():
+    """The README's results for the pairs other than en->de name this file on top of the
+    base preset: it must load and change only the settings it names."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "configs" / "base-2x128.yaml"
+    variant = _flat(config.load(path, preset="base").to_dict())
+    base = _flat(config.load(preset="base").to_dict())
+    changed = {k: variant[k] for k in variant if variant[k] != base[k]}
+    assert changed == {"model.encoder_units": 128, "model.dropout": 0.2,
+                       "model.attention": "general", "model.input_feeding": False,
+                       "training.plateau_patience": 1}
 
 
 def test_presets_are_not_modified_by_loading():
