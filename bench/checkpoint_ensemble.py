@@ -5,7 +5,8 @@
 
 translates the split (of the model's corpus) with the model folder's best weights alone,
 then with the log-linear ensemble of the best weights and each --members file (the
-epoch weights a run keeps with training.average_last=K): at every decoder step the
+epoch weights a run keeps with training.average_last=K, or another run's model.keras of
+the same architecture and tokenizer): at every decoder step the
 members' log-probabilities are averaged, and the search reads the average. The model's
 configured beam and length penalty. Appends one record
 to bench/results/checkpoint_ensemble-<cpu>.json. Choose on val; the test sets are not
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a model folder")
     p.add_argument("--members", nargs="+", required=True, metavar="WEIGHTS",
-                   help="epoch weight files of the same run (.weights.h5)")
+                   help="weight files of the same architecture and tokenizer "
+                   "(.weights.h5 or model.keras)")
     p.add_argument("--split", default="val")
     p.add_argument("--name", default="checkpoint_ensemble", help="results file name")
     args = p.parse_args(argv)
