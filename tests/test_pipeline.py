@@ -27,6 +27,22 @@ def test_an_epoch_holds_every_pair_once_and_depends_only_on_seed_and_epoch(encod
         assert {tuple(sorted(b)) for b in other} != {tuple(sorted(b)) for b in plan}
 
 
+def test_the_dataset_feeds_the_planned_batches_in_order_and_goes_on_to_the_next_epoch(encoded):
+    """tf.data adds prefetching only, with autotuning off: training makes an iterator per
+    epoch, and with autotuning on, dropping one could wait up to tens of seconds for
+    tf.data's tuning thread with both cores idle (bench/iterator_teardown.py)."""
+    batches = TrainingBatches(encoded, batch_size=64, bucket_width=1, seed=5)
+    dataset = batches.dataset(0, 0)
+    assert dataset.options().autotune.enabled is False
+    plans = batches.epoch_plan(0) + batches.epoch_plan(1)[:2]
+    fed = list(dataset.take(len(plans)).as_numpy_iterator())
+    for indices, (x, y) in zip(plans, fed, strict=True):
+        expected_x, expected_y = make_batch(encoded, indices)
+        np.testing.assert_array_equal(x["source"], expected_x["source"])
+        np.testing.assert_array_equal(x["target_in"], expected_x["target_in"])
+        np.testing.assert_array_equal(y, expected_y)
+
+
 def padding_share(encoded, plan, side: str) -> float:
     lengths = np.array([len(s) for s in getattr(encoded, side)])
     padded = sum(lengths[b].max() * len(b) for b in plan)

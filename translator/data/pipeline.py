@@ -193,6 +193,9 @@ class TrainingBatches:
         return batches_dataset(lambda: self._generate(first_epoch, skip))
 
 
+PREFETCH_BATCHES = 4  # a batch takes milliseconds to make and a training step ~100 ms
+
+
 def batches_dataset(generate: Callable[[], Iterator]) -> tf.data.Dataset:
     """tf.data over a generator of make_batch() results, prefetched."""
     ids = tf.TensorSpec([None, None], tf.int32)
@@ -202,7 +205,11 @@ def batches_dataset(generate: Callable[[], Iterator]) -> tf.data.Dataset:
     # are no files to shard by): the global batch is split, not dealt out whole
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    # No autotuning: training makes a new iterator every epoch, and with autotuning on,
+    # dropping one can wait for tf.data's tuning thread to wake up, up to tens of seconds
+    # with both cores idle (TensorFlow 2.21; bench/iterator_teardown.py measures it)
+    options.autotune.enabled = False
+    return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
 def eval_batches(data: EncodedPairs, batch_size: int = 64) -> list:
