@@ -29,8 +29,8 @@ def test_an_epoch_holds_every_pair_once_and_depends_only_on_seed_and_epoch(encod
 
 def test_the_dataset_feeds_the_planned_batches_in_order_and_goes_on_to_the_next_epoch(encoded):
     """tf.data adds prefetching only, with autotuning off: training makes an iterator per
-    epoch, and with autotuning on, dropping one could wait up to tens of seconds for
-    tf.data's tuning thread with both cores idle (bench/iterator_teardown.py)."""
+    epoch, and with an autotuned prefetch, dropping one can stall for 20-25 s with both
+    cores idle (translator.data.pipeline.batches_dataset)."""
     batches = TrainingBatches(encoded, batch_size=64, bucket_width=1, seed=5)
     dataset = batches.dataset(0, 0)
     assert dataset.options().autotune.enabled is False

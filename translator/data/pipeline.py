@@ -205,9 +205,10 @@ def batches_dataset(generate: Callable[[], Iterator]) -> tf.data.Dataset:
     # are no files to shard by): the global batch is split, not dealt out whole
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    # No autotuning: training makes a new iterator every epoch, and with autotuning on,
-    # dropping one can wait for tf.data's tuning thread to wake up, up to tens of seconds
-    # with both cores idle (TensorFlow 2.21; bench/iterator_teardown.py measures it)
+    # No autotuning: training makes a new iterator every epoch, and with an autotuned
+    # prefetch, dropping one can stall for 20-25 s with both cores idle, waiting in the
+    # iterator's destructor for a tf.data thread (TensorFlow 2.21; in about one
+    # epoch in four of the `base` preset, 0.4 minutes each)
     options.autotune.enabled = False
     return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
 
