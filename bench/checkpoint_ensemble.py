@@ -1,4 +1,4 @@
-"""What an ensemble of one run's epoch checkpoints is worth, before the product has one.
+"""What an ensemble of one run's epoch checkpoints (or of other runs' models) is worth.
 
     python bench/checkpoint_ensemble.py --model M --split val \\
         --members M/checkpoint/epoch-30.weights.h5 M/checkpoint/epoch-32.weights.h5
@@ -6,8 +6,8 @@
 translates the split (of the model's corpus) with the model folder's best weights alone,
 then with the log-linear ensemble of the best weights and each --members file (the
 epoch weights a run keeps with training.average_last=K, or another run's model.keras of
-the same architecture and tokenizer): at every decoder step the
-members' log-probabilities are averaged, and the search reads the average. The model's
+the same architecture and tokenizer), as translator.model.Ensemble does: at every decoder
+step the members' log-probabilities are averaged, and the search reads the average. The model's
 configured beam and length penalty. Appends one record
 to bench/results/checkpoint_ensemble-<cpu>.json. Choose on val; the test sets are not
 for choosing.
@@ -24,35 +24,6 @@ from pathlib import Path
 import flops  # imports translator first: TensorFlow starts quietly
 
 
-class Ensemble:
-    """The search interface of translator.model.Seq2Seq (encode, decode_step) over several
-    models of one architecture: each state entry holds a tuple, one value per member."""
-
-    def __init__(self, models: list) -> None:
-        self.models = models
-
-    def encode(self, source, training=None, for_search=False):
-        states = [m.encode(source, training=False)[2] for m in self.models]
-        return None, None, {k: tuple(s[k] for s in states) for k in states[0]}
-
-    def decode_step(self, tokens, state, for_search=False):
-        import tensorflow as tf
-
-        rows = state.get("sentence_rows")
-        outputs = []
-        for i, model in enumerate(self.models):
-            member = {k: v[i] for k, v in state.items() if k != "sentence_rows"}
-            if rows is not None:
-                member["sentence_rows"] = rows
-            outputs.append(model.decode_step(tokens, member))
-        log_probs = tf.add_n([tf.nn.log_softmax(o[0]) for o in outputs]) / len(outputs)
-        new_state = {k: tuple(o[1][k] for o in outputs) for k in state if k != "sentence_rows"}
-        if rows is not None:
-            new_state["sentence_rows"] = rows
-        attention = tf.add_n([tf.cast(o[2], tf.float32) for o in outputs]) / len(outputs)
-        return log_probs, new_state, attention
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a model folder")
@@ -65,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from translator.data.corpus import load_corpus
     from translator.metrics import evaluate
+    from translator.model import Ensemble
     from translator.model_folder import load_model_folder
     from translator.translator import Translator
 
@@ -80,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     rows = []
     for label, model in (("best", models[0]), (f"best + {len(args.members)}", Ensemble(models))):
-        translator = Translator(models[0], tokenizer, config)
-        translator.model = model  # the searches read encode and decode_step only
+        translator = Translator(model, tokenizer, config)
         started = time.monotonic()
         scores = evaluate(translator.translate(sources), references, data.tgt)
         rows.append({"models": label, "bleu": round(scores["bleu"]["score"], 2),

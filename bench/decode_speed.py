@@ -69,7 +69,12 @@ def make_translator(args: argparse.Namespace) -> tuple[Any, str]:
         if args.sets or args.precision != "auto" or args.train_limit:
             raise SystemExit("--set, --precision and --train-limit are for the random-weights "
                              "model; a model folder brings its own")
-        return Translator.load(args.model), f"trained weights ({args.model})"
+        translator = Translator.load(args.model)
+        if hasattr(translator.model, "members"):
+            raise SystemExit(f"{args.model} is an ensemble: this benchmark times one model "
+                             f"(--model {args.model}/members/1); the ensemble's decoding "
+                             "time is in its evaluations' scores.json (translate_seconds)")
+        return translator, f"trained weights ({args.model})"
     overrides = [f"training.precision={args.precision}", *flops.parse_sets(args.sets)]
     config = config_lib.load(preset="base", overrides=overrides)
     tokenizer = flops.bench_tokenizer(config.tokenizer.vocab_size, args.train_limit)

@@ -43,7 +43,8 @@ def test_the_2x128_base_variant_in_bench_configs_is_base_with_exactly_its_settin
     changed = {k: variant[k] for k in variant if variant[k] != base[k]}
     assert changed == {"model.encoder_units": 128, "model.dropout": 0.2,
                        "model.attention": "general", "model.input_feeding": False,
-                       "training.plateau_factor": 0.5, "training.plateau_patience": 1}
+                       "training.plateau_factor": 0.5, "training.plateau_patience": 1,
+                       "training.members": 1, "training.max_minutes": 55}
 
 
 def test_presets_are_not_modified_by_loading():

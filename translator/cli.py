@@ -108,6 +108,7 @@ def _train_config(args: argparse.Namespace):
     if args.init_from:
         parent = read_config(args.init_from)
         parent.training.init_from = None  # its own parent, if any, is not this run's
+        parent.training.members = 1  # one model is fine-tuned (an ensemble is refused)
         # the data is this command's (the parent's languages unless it names others)
         parent.data = config_lib.DataConfig(src=parent.data.src, tgt=parent.data.tgt)
         return config_lib.load(args.config, None,

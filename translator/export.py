@@ -14,7 +14,7 @@ It translates as `Translator.translate` does on the plain path (TRANSLATOR_NATIV
 for byte: input lines are stripped, blank ones give "" with score 0, invalid UTF-8 is
 replaced by U+FFFD, SentencePiece's space symbol is escaped. One difference: `Translator`
 splits an input longer than 200 subwords at sentence ends and translates the pieces; the
-SavedModel translates every input whole.
+SavedModel translates every input whole. An ensemble's folder exports the ensemble.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def export(model: Path | str, out: Path | str, beam: int | None = None,
     settings, _ = translator._settings({"beam": beam, "length_penalty": length_penalty})
     serving = _Serving(translator, settings.beam, settings.length_penalty)
     archive = keras.export.ExportArchive()
-    archive.track(translator.model)
+    for model in getattr(translator.model, "members", [translator.model]):  # an Ensemble's
+        archive.track(model)
     archive.track(serving)
     archive.add_endpoint(SIGNATURE, serving.__call__,
                          input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])

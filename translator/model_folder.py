@@ -9,10 +9,16 @@ models/NAME/
   run.json           the run card: data files and checksums, versions, seed, wall time, machine
   evaluations/NAME/  scores, translations and a per-sentence report (translator.evaluate)
   checkpoint/        the latest training state, for resuming (not needed to translate)
+
+An ensemble (training.members: N > 1) holds, instead of model.keras, history.csv and
+checkpoint/, one model folder per member, each complete (it translates alone too):
+
+  members/1/ ... members/N/
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,11 +30,11 @@ from translator import config as config_lib
 from translator import kernels
 from translator.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer, TokenizerError
 from translator.kernels import cpu
-from translator.model import Seq2Seq
+from translator.model import Ensemble, Seq2Seq
 
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.keras"
 HISTORY_FILE, SCORES_FILE, RUN_FILE = "history.csv", "scores.json", "run.json"
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIR, MEMBERS_DIR = "checkpoint", "members"
 # The layout and meaning of the files above. Raised when an older version could no longer
 # read a folder right; run.json records it, and a folder of a higher format is refused.
 FOLDER_FORMAT = 1
@@ -36,6 +42,21 @@ FOLDER_FORMAT = 1
 
 class ModelFolderError(ValueError):
     """A model folder is missing, incomplete or corrupt; the message names the file."""
+
+
+def member_folders(folder: Path | str, config: config_lib.Config) -> list[Path]:
+    """The folders of an ensemble's members, in order (none for one model)."""
+    n = config.training.members
+    return [Path(folder) / MEMBERS_DIR / str(k) for k in range(1, n + 1)] if n > 1 else []
+
+
+def member_config(config: config_lib.Config, k: int) -> config_lib.Config:
+    """The config of an ensemble's k-th member (from 1): one model, its own seed, an equal
+    share of the time budget."""
+    cfg = config.training
+    minutes = cfg.max_minutes / cfg.members if cfg.max_minutes else None
+    training = dataclasses.replace(cfg, members=1, seed=cfg.seed + k - 1, max_minutes=minutes)
+    return dataclasses.replace(config, training=training)
 
 
 def read_config(folder: Path | str) -> config_lib.Config:
@@ -122,8 +143,10 @@ def load_weights(path: Path, compile: bool = False) -> Seq2Seq:
     return model
 
 
-def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_lib.Config]:
-    """Loads what Translator needs; errors name the missing or bad file.
+def load_model_folder(folder: Path | str
+                      ) -> tuple[Seq2Seq | Ensemble, Tokenizer, config_lib.Config]:
+    """Loads what Translator needs; errors name the missing or bad file. An ensemble's
+    folder gives its members' models together (translator.model.Ensemble).
 
     Only the folder's own files are read, by fixed names (no path from the config is
     followed), and none is a link to a file outside the folder. No code from the folder
@@ -133,7 +156,23 @@ def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_li
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
     inside = folder.resolve()
-    for name in (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, JOINT_FILE, SRC_FILE, TGT_FILE):
+    _check_files(folder, inside, (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, JOINT_FILE, SRC_FILE,
+                                  TGT_FILE))
+    config = read_config(folder)
+    members = member_folders(folder, config)
+    for member in members:
+        _check_files(member, inside, (WEIGHTS_FILE,))
+    try:
+        tokenizer = Tokenizer.load(folder)
+    except TokenizerError as err:
+        raise ModelFolderError(str(err)) from None
+    models = [_load_checked(path / WEIGHTS_FILE, tokenizer) for path in members or [folder]]
+    return (Ensemble(models) if members else models[0]), tokenizer, config
+
+
+def _check_files(folder: Path, inside: Path, names: tuple[str, ...]) -> None:
+    """Refuses links to outside the model folder `inside`, broken links and non-files."""
+    for name in names:
         path = folder / name
         if not (path.exists() or path.is_symlink()):
             continue
@@ -146,14 +185,12 @@ def load_model_folder(folder: Path | str) -> tuple[Seq2Seq, Tokenizer, config_li
                                    "a model folder holds its own files")
         if not target.is_file():
             raise ModelFolderError(f"{path} is not a file")
-    config = read_config(folder)
-    try:
-        tokenizer = Tokenizer.load(folder)
-    except TokenizerError as err:
-        raise ModelFolderError(str(err)) from None
-    model = load_weights(folder / WEIGHTS_FILE)
+
+
+def _load_checked(path: Path, tokenizer: Tokenizer) -> Seq2Seq:
+    model = load_weights(path)
     if model.settings["tgt_vocab_size"] != tokenizer.tgt_vocab_size:
         raise ModelFolderError(
-            f"{folder / WEIGHTS_FILE} has a target vocabulary of "
-            f"{model.settings['tgt_vocab_size']} but the tokenizer has {tokenizer.tgt_vocab_size}")
-    return model, tokenizer, config
+            f"{path} has a target vocabulary of {model.settings['tgt_vocab_size']} but the "
+            f"tokenizer has {tokenizer.tgt_vocab_size}")
+    return model

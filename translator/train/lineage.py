@@ -34,6 +34,10 @@ def check_parent(config: config_lib.Config) -> None:
     """Fine-tuning needs the parent's model and tokenizer settings: its weights and
     vocabulary must fit this run's model."""
     parent = Path(config.training.init_from)
+    members = mf.member_folders(parent, mf.read_config(parent)) if parent.is_dir() else []
+    if members:
+        raise RunFolderError(f"--init-from {parent} is an ensemble of {len(members)} models: "
+                             f"fine-tune one of them (--init-from {members[0]})")
     if not (parent / mf.WEIGHTS_FILE).exists():
         raise RunFolderError(f"--init-from {parent}: no trained model there "
                              f"({parent / mf.WEIGHTS_FILE} is missing)")

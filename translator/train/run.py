@@ -9,7 +9,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -30,7 +30,7 @@ from translator.data.registry import get_corpus
 from translator.evaluate import evaluate_model
 from translator.faults import crash_point
 from translator.metrics import bleu
-from translator.model import MaskedCrossEntropy
+from translator.model import Ensemble, MaskedCrossEntropy
 from translator.train.optimizer import FusedAdam
 from translator.data.pipeline import (
     SubwordSampler, TrainingBatches, batches_dataset, encode_pairs, eval_batches)
@@ -45,9 +45,10 @@ _RESUMABLE_KEYS = {"epochs", "max_minutes", "patience", "checkpoint_every"}
 @dataclass
 class TrainResult:
     folder: Path
-    best_dev_bleu: float
+    best_dev_bleu: float  # an ensemble's: the ensemble's dev BLEU
     scores: dict
-    state: RunState
+    state: RunState | None  # None for an ensemble: each member has its own
+    members: list[TrainResult] = field(default_factory=list)
 
 
 def train(config: config_lib.Config, output: Path | str, overwrite: bool = False,
@@ -63,6 +64,9 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
     strategy: default, mirrored or multiworker (translator.train.distribute); under
     multiworker every worker calls train() alike, and only the chief writes `output`.
     """
+    if config.training.members > 1:
+        return _train_members(config, Path(output), overwrite, log, verbose, more_epochs,
+                              strategy)
     distribution = distribute.make_strategy(strategy)
     if not distribute.is_chief(distribution):
         with distribute.worker_folder(Path(output), overwrite) as own:
@@ -76,7 +80,9 @@ def train(config: config_lib.Config, output: Path | str, overwrite: bool = False
 
 
 def _train(config, folder: Path, overwrite: bool, log, verbose, more_epochs, distribution,
-           chief: bool = True) -> TrainResult:
+           chief: bool = True, shared: tuple | None = None) -> TrainResult:
+    """One model's run. shared: the (splits, tokenizer) of the ensemble this run is a
+    member of."""
     started = time.monotonic()
     if more_epochs is not None:
         config = lineage.extended(config, folder, more_epochs)
@@ -84,17 +90,7 @@ def _train(config, folder: Path, overwrite: bool, log, verbose, more_epochs, dis
         lineage.check_parent(config)
     resume = _check_folder(folder, config, overwrite)
     keras.utils.set_random_seed(config.training.seed)
-    splits = corpus_lib.load_splits(config.data)
-    log(f"data: {len(splits.train)} training pairs ({splits.clean_report}); "
-        f"{len(splits.dev)} dev pairs; {len(splits.test)} test pairs")
-    if overwrite and folder.exists():
-        shutil.rmtree(folder)  # only now that the data has loaded, and only a model folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for part in (folder, folder / mf.CHECKPOINT_DIR):  # what a killed run was writing
-        remove_orphans(part)
-    if not resume:  # first, so that the same command resumes a run killed at any moment
-        _write_config(folder, config)
-    tokenizer = _tokenizer(folder, config, splits, resume, log)
+    splits, tokenizer = _data_and_tokenizer(folder, config, overwrite, resume, log, shared)
     train_ids = encode_pairs(tokenizer, splits.train, config.data.max_tokens)
     dev_ids = encode_pairs(tokenizer, splits.dev)
     log(f"encoded: {len(train_ids)} training pairs, {train_ids.target_tokens} target tokens; "
@@ -128,9 +124,56 @@ def _train(config, folder: Path, overwrite: bool, log, verbose, more_epochs, dis
     if not chief:  # the chief scores the model and writes the run card
         return TrainResult(folder, state.best_bleu, {}, state)
     best = mf.load_weights(folder / mf.WEIGHTS_FILE)
-    scores = _final_scores(folder, best, tokenizer, config, splits, state, log)
-    _write_run_card(folder, config, splits, state, time.monotonic() - started)
+    scores = _final_scores(folder, best, tokenizer, config, splits,
+                           {"best_epoch": state.best_epoch, "stop_reason": state.stop_reason}, log)
+    _write_run_card(folder, config, splits, time.monotonic() - started, _how_it_trained(state))
     return TrainResult(folder, state.best_bleu, scores, state)
+
+
+def _how_it_trained(state: RunState) -> dict:
+    """What the run card says of a run's training."""
+    return {"steps": state.global_step, "epochs": state.epoch,
+            "training_minutes": round(state.seconds / 60, 2), "stop_reason": state.stop_reason,
+            **({"parent": state.parent} if state.parent else {})}
+
+
+def _train_members(config, folder: Path, overwrite: bool, log, verbose, more_epochs,
+                   strategy: str) -> TrainResult:
+    """An ensemble's run: one tokenizer, then each member's run (mf.member_config) into its
+    own folder under the ensemble's, then the ensemble's scores. Resuming resumes the
+    member that was training; the finished ones are scored again."""
+    started = time.monotonic()
+    n = config.training.members
+    if more_epochs is not None:
+        raise RunFolderError(f"{folder}: --continue extends one model's run, and this is an "
+                             f"ensemble of {n} (training.members)")
+    if strategy != "default":
+        raise distribute.StrategyError(f"training.members ({n}) trains on one device: use "
+                                       "--strategy default")
+    resume = _check_folder(folder, config, overwrite)
+    shared = _data_and_tokenizer(folder, config, overwrite, resume, log)
+    distribution = distribute.make_strategy(strategy)
+    results = []
+    for k, member in enumerate(mf.member_folders(folder, config), 1):
+        member_config = mf.member_config(config, k)
+        budget = member_config.training.max_minutes
+        log(f"member {k} of {n}: seed {member_config.training.seed}"
+            f"{f', up to {budget:g} minutes' if budget else ''}, in {member}")
+        results.append(_train(member_config, member, False, log, verbose, None, distribution,
+                              shared=shared))
+    splits, tokenizer = shared
+    ensemble = Ensemble([mf.load_weights(r.folder / mf.WEIGHTS_FILE) for r in results])
+    cards = [{"folder": r.folder.relative_to(folder).as_posix(),
+              "seed": mf.member_config(config, k).training.seed,
+              "best_epoch": r.state.best_epoch, "dev_bleu": r.best_dev_bleu,
+              **({"test_bleu": r.scores["test"]["bleu"]["score"]} if "test" in r.scores else {}),
+              **_how_it_trained(r.state)}
+             for k, r in enumerate(results, 1)]
+    scores = _final_scores(folder, ensemble, tokenizer, config, splits, {"members": cards}, log)
+    _write_run_card(folder, config, splits, time.monotonic() - started, {
+        "training_minutes": round(sum(c["training_minutes"] for c in cards), 2),
+        "members": cards})
+    return TrainResult(folder, scores["dev"]["bleu"]["score"], scores, None, results)
 
 
 def _resume_step(folder: Path, resume: bool) -> int:
@@ -156,7 +199,7 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
         raise RunFolderError(f"{folder} is not empty and holds no model; choose another "
                              "--output (--overwrite replaces model folders only)")
     trained = ((folder / mf.CHECKPOINT_DIR / STATE_FILE).exists()
-               or (folder / mf.WEIGHTS_FILE).exists())
+               or (folder / mf.WEIGHTS_FILE).exists() or (folder / mf.MEMBERS_DIR).exists())
     if overwrite or not (folder / mf.CONFIG_FILE).exists() or not trained:
         return False  # (a run stopped before its first checkpoint trained nothing: start it)
     old = mf.read_config(folder).to_dict()
@@ -174,9 +217,35 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
     return True
 
 
-def _tokenizer(folder: Path, config, splits, resume: bool, log) -> Tokenizer:
+def _data_and_tokenizer(folder: Path, config, overwrite: bool, resume: bool, log,
+                        shared: tuple | None = None) -> tuple:
+    """The data splits and the tokenizer, in the folder made ready for the run: replaced
+    (overwrite), cleared of what a killed run was writing, its config written. shared:
+    an ensemble's (splits, tokenizer), which its members' runs take."""
+    if shared:
+        splits = shared[0]
+    else:
+        splits = corpus_lib.load_splits(config.data)
+        log(f"data: {len(splits.train)} training pairs ({splits.clean_report}); "
+            f"{len(splits.dev)} dev pairs; {len(splits.test)} test pairs")
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)  # only now that the data has loaded, and only a model folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in (folder, folder / mf.CHECKPOINT_DIR):  # what a killed run was writing
+        remove_orphans(part)
+    if not resume:  # first, so that the same command resumes a run killed at any moment
+        _write_config(folder, config)
+    return splits, _tokenizer(folder, config, splits, resume, log, shared[1] if shared else None)
+
+
+def _tokenizer(folder: Path, config, splits, resume: bool, log,
+               given: Tokenizer | None = None) -> Tokenizer:
     if resume:
         tokenizer = Tokenizer.load(folder)
+    elif given is not None:
+        tokenizer = given
+        for path in tokenizer.save(folder):
+            log(f"tokenizer: {path} (the ensemble's)")
     elif config.training.init_from:
         tokenizer = Tokenizer.load(config.training.init_from)
         for path in tokenizer.save(folder):
@@ -319,12 +388,13 @@ def _average_last(model, config, folder: Path, state: RunState, dev_bleu, save_b
         state.save(folder / mf.CHECKPOINT_DIR)
 
 
-def _final_scores(folder: Path, model, tokenizer, config, splits, state: RunState, log) -> dict:
+def _final_scores(folder: Path, model, tokenizer, config, splits, header: dict, log) -> dict:
     """Dev (the configured training search) and test (the configured decoding) scores, with
-    95% confidence intervals; the test evaluation (translations, per-sentence report) is
-    stored as `python -m translator.evaluate --split <test split>` stores it."""
+    95% confidence intervals, after `header` (how the run ended) in scores.json; the test
+    evaluation (translations, per-sentence report) is stored as
+    `python -m translator.evaluate --split <test split>` stores it."""
     translator = Translator(model, tokenizer, config)
-    scores = {"best_epoch": state.best_epoch, "stop_reason": state.stop_reason}
+    scores = dict(header)
     for name, pairs, beam in (("dev", splits.dev, config.training.eval_beam),
                               ("test", splits.test, config.decoding.beam)):
         if not pairs:
@@ -344,7 +414,9 @@ def _final_scores(folder: Path, model, tokenizer, config, splits, state: RunStat
     return scores
 
 
-def _write_run_card(folder: Path, config, splits, state: RunState, seconds: float) -> None:
+def _write_run_card(folder: Path, config, splits, seconds: float, training: dict) -> None:
+    """run.json: the data, the seed, `training` (how long and how far it trained), the
+    versions and the machine."""
     import sacrebleu
     import sentencepiece
     import tensorflow as tf
@@ -353,12 +425,8 @@ def _write_run_card(folder: Path, config, splits, state: RunState, seconds: floa
         "data_files": splits.files,
         "clean_report": str(splits.clean_report),
         "seed": config.training.seed,
-        "steps": state.global_step,
-        "epochs": state.epoch,
-        "training_minutes": round(state.seconds / 60, 2),
+        **training,
         "this_session_minutes": round(seconds / 60, 2),
-        "stop_reason": state.stop_reason,
-        **({"parent": state.parent} if state.parent else {}),
         "folder_format": mf.FOLDER_FORMAT,
         "versions": {"translator": __version__, "python": platform.python_version(),
                      "tensorflow": tf.__version__, "keras": keras.__version__,
