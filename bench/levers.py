@@ -85,12 +85,21 @@ def dev_scores(folder: Path) -> dict:
 
 
 def epochs_from_history(folder: Path) -> list[str]:
-    """Per-epoch dev BLEU and learning rate from the folder's history.csv (for --trained,
-    whose training log this command did not see)."""
-    with open(folder / "history.csv", newline="") as f:
-        return [f"epoch {row['epoch']}: dev BLEU {float(row['dev_bleu']):.2f}, learning rate "
-                f"{float(row['learning_rate']):.3g}, {row['minutes']} min"
-                for row in csv.DictReader(f)]
+    """Per-epoch dev BLEU and learning rate from the folder's history.csv, or its members'
+    one after another (for --trained, whose training log this command did not see)."""
+    lines = []
+    for path in [folder / "history.csv", *sorted(folder.glob("members/*/history.csv"))]:
+        if path.exists():
+            with open(path, newline="") as f:
+                lines += [f"epoch {row['epoch']}: dev BLEU {float(row['dev_bleu']):.2f}, "
+                          f"learning rate {float(row['learning_rate']):.3g}, "
+                          f"{row['minutes']} min" for row in csv.DictReader(f)]
+    return lines
+
+
+def own_or_members(card: dict, key: str):
+    """A run card's (or scores.json's) value; for an ensemble, its members' values."""
+    return card[key] if key in card else [member[key] for member in card["members"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,10 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "name": args.name, "preset": args.preset, "pair": f"{args.src}-{args.tgt}",
         "corpus": args.corpus, "sets": args.set, "wall_minutes": round(seconds / 60, 2),
-        "training_minutes": run["training_minutes"], "epochs": run["epochs"],
-        "steps": run["steps"], "stop_reason": run["stop_reason"],
-        "best_epoch": state["best_epoch"], "dev_during_training": state.get("dev", {}).get(
-            "bleu", {}).get("score"), "dev": dev, "config": config,
+        "training_minutes": run["training_minutes"], "epochs": own_or_members(run, "epochs"),
+        "steps": own_or_members(run, "steps"),
+        "stop_reason": own_or_members(run, "stop_reason"),
+        "best_epoch": own_or_members(state, "best_epoch"),
+        "dev_during_training": state.get("dev", {}).get("bleu", {}).get("score"),
+        "dev": dev, "config": config,
         "dev_per_epoch": [line for line in log if line.startswith("epoch ")]
         or epochs_from_history(folder),
         "average": next((line for line in log if line.startswith("average of the last")),
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip(),
     }
-    print(f"{args.name}: {record['epochs']} epochs in {record['wall_minutes']:.1f} min; "
+    print(f"{args.name}: epochs {record['epochs']} in {record['wall_minutes']:.1f} min; "
           f"dev BLEU {dev['bleu']:.2f} chrF {dev['chrf']:.2f} (beam {dev['beam']})")
     record.update(steal_share=flops.run_steal(info),
                   load_average_at_start=info["load_average_at_start"],

@@ -15,14 +15,16 @@ import pytest
 import tensorflow as tf
 
 from translator import config as config_lib
-from translator.model import Ensemble
+from translator.model import Ensemble, Seq2Seq
 from translator.train.run import RunFolderError, train
 from translator.translator import Translator
 
 ROOT = Path(__file__).resolve().parent.parent
-# Two members of one epoch each on a 600-pair slice: seconds per member.
+# Two members of two epochs (19 steps each) on a 600-pair slice, with the base preset's
+# input feeding and additive attention: seconds per member.
 MEMBERS = ["training.members=2", "data.train_limit=600", "data.dev_limit=20",
-           "training.epochs=1", "decoding.beam=3"]
+           "training.epochs=2", "decoding.beam=3", "model.input_feeding=true",
+           "model.attention=additive"]
 SOURCES = ["A man is riding a bicycle down the street.", "Two dogs play in the snow.",
            "A little girl is climbing a tree.", ""]
 
@@ -87,6 +89,37 @@ def test_an_ensemble_step_averages_the_members_log_probabilities(ensemble_folder
     assert set(new_state) == set(state) and all(len(v) == 2 for v in new_state.values())
 
 
+def eager_greedy(members, ids: list[int], limit: int) -> list[int]:
+    """Greedy search over an ensemble in plain eager code, one sentence: each member keeps
+    its own state; the next token is the argmax of the members' mean log-probabilities."""
+    source = tf.constant([ids], tf.int32)
+    states = [member.encode(source, training=False)[2] for member in members]
+    token, out = 2, []  # BOS
+    for _ in range(limit):
+        log_probs = []
+        for i, member in enumerate(members):
+            logits, states[i], _ = member.decode_step(tf.constant([token]), states[i])
+            log_probs.append(tf.nn.log_softmax(logits)[0].numpy())
+        token = int(np.argmax(np.mean(log_probs, axis=0)))
+        if token == 3:  # EOS
+            break
+        out.append(token)
+    return out
+
+
+def test_greedy_search_over_two_members_matches_a_plain_eager_loop(ensemble_folder):
+    from translator import search
+    from translator.data.pipeline import encode_sources
+
+    translator = Translator.load(ensemble_folder)
+    for text in SOURCES[:3]:  # one at a time: no padding, the eager loop's shapes
+        hyp = translator.translate(text, beam=1, return_scores=True)
+        ids = encode_sources(translator.tokenizer, [text])[0]
+        limit = int(search.max_output_lengths(np.array([len(ids)], np.int32), 1.5, 5)[0])
+        expected = eager_greedy(translator.model.members, ids.tolist(), limit)
+        assert hyp.tokens == translator.tokenizer.pieces(expected), text
+
+
 def test_members_train_into_one_folder_and_translate_together(ensemble_folder):
     from translator.model_folder import read_config
 
@@ -104,13 +137,14 @@ def test_members_train_into_one_folder_and_translate_together(ensemble_folder):
     assert [m["seed"] for m in scores["members"]] == [1234, 1235]
     assert "bleu" in scores["dev"] and "bleu" in scores["test"]
     card = json.loads((folder / "run.json").read_text())
-    assert [m["epochs"] for m in card["members"]] == [1, 1]
+    assert [m["epochs"] for m in card["members"]] == [2, 2]
 
     translator = Translator.load(folder)
     assert isinstance(translator.model, Ensemble) and len(translator.model.members) == 2
     api = translator.translate(SOURCES)
     first, second = (Translator.load(folder / "members" / str(k)) for k in (1, 2))
-    assert first.translate(SOURCES[:1]) and api[-1] == ""  # a member translates alone too
+    assert isinstance(first.model, Seq2Seq)  # a member's folder is one model's
+    assert len(first.translate(SOURCES)) == len(SOURCES) and api[-1] == ""
     pairs = zip(first.model.get_weights(), second.model.get_weights())
     assert not all(np.array_equal(a, b) for a, b in pairs), "the members' seeds differ"
     cli = subprocess.run([sys.executable, "translate.py", "--model", str(folder), *SOURCES[:3]],
@@ -122,7 +156,7 @@ def test_members_train_into_one_folder_and_translate_together(ensemble_folder):
     np.testing.assert_allclose(hyps.attention.sum(-1), 1.0, atol=1e-2)
 
 
-def test_the_time_budget_is_split_between_the_members(tmp_path):
+def test_the_time_budget_is_split_between_the_members():
     from translator.model_folder import member_config
 
     config = config_lib.load(preset="base", overrides=["training.members=2"])
@@ -131,20 +165,28 @@ def test_the_time_budget_is_split_between_the_members(tmp_path):
     assert [member_config(config, k).training.seed for k in (1, 2)] == [1234, 1235]
 
 
+# member 2's second checkpoint (each member checkpoints at its 2 epoch ends), so that it
+# resumes from its first; the ensemble's own final scores (after the members' two)
+KILLS = {"checkpoint-write:4": "resuming from step 19 of ", "final-scores:3": "is finished"}
+
+
+@pytest.mark.parametrize("point", list(KILLS))
 def test_a_killed_ensemble_run_resumes_and_matches_an_uninterrupted_one(ensemble_folder,
-                                                                        tmp_path):
+                                                                        tmp_path, point):
     broken = tmp_path / "broken"
     args = [sys.executable, "train.py", "--preset", "tiny", "--output", str(broken), "--quiet"]
     for item in MEMBERS:
         args += ["--set", item]
-    env = {**os.environ, "TRANSLATOR_CRASH_AT": "best-model-write:2"}  # in member 2
+    env = {**os.environ, "TRANSLATOR_CRASH_AT": point}
     killed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stdout + killed.stderr
     assert (broken / "members" / "1" / "model.keras").exists()
-    assert not (broken / "members" / "2" / "model.keras").exists()
+    assert not (broken / "scores.json").exists()
     resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "is finished" in resumed.stdout  # member 1 is not trained again
+    assert f"{broken / 'members' / '1'} is finished" in resumed.stdout  # not trained again
+    member = broken / "members" / "2"
+    assert KILLS[point] + (str(member) if "resuming" in KILLS[point] else "") in resumed.stdout
     ours = Translator.load(broken).translate(SOURCES, return_scores=True)
     reference = Translator.load(ensemble_folder).translate(SOURCES, return_scores=True)
     assert [h.text for h in ours] == [h.text for h in reference]
@@ -189,3 +231,35 @@ def test_an_exported_ensemble_translates_as_the_ensemble_on_the_plain_path(
     assert [t.decode("utf-8") for t in served["translation"].numpy()] == \
         [h.text for h in expected]
     np.testing.assert_allclose(served["score"].numpy(), [h.score for h in expected], rtol=1e-6)
+
+
+def test_an_ensemble_folder_that_is_incomplete_or_tampered_with_is_refused(
+        ensemble_folder, tiny_model, tmp_path):
+    import shutil
+
+    import yaml
+
+    from translator.model_folder import ModelFolderError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(ensemble_folder, folder)
+    weights = folder / "members" / "2" / "model.keras"
+    original = weights.read_bytes()
+    weights.unlink()
+    with pytest.raises(ModelFolderError, match=r"members/2/model.keras is missing"):
+        Translator.load(folder)
+    outside = tmp_path / "outside.keras"
+    outside.write_bytes(original)
+    weights.symlink_to(outside)
+    with pytest.raises(ModelFolderError, match="outside the model folder"):
+        Translator.load(folder)
+    weights.unlink()
+    shutil.copy(tiny_model / "model.keras", weights)  # another architecture
+    with pytest.raises(ModelFolderError, match="differs in attention, input_feeding"):
+        Translator.load(folder)
+    weights.write_bytes(original)
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["training"]["members"] = 10 ** 9  # fails at the first missing member
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ModelFolderError, match=r"members/3/model.keras is missing"):
+        Translator.load(folder)

@@ -159,15 +159,24 @@ def load_model_folder(folder: Path | str
     _check_files(folder, inside, (CONFIG_FILE, RUN_FILE, WEIGHTS_FILE, JOINT_FILE, SRC_FILE,
                                   TGT_FILE))
     config = read_config(folder)
-    members = member_folders(folder, config)
-    for member in members:
-        _check_files(member, inside, (WEIGHTS_FILE,))
     try:
         tokenizer = Tokenizer.load(folder)
     except TokenizerError as err:
         raise ModelFolderError(str(err)) from None
-    models = [_load_checked(path / WEIGHTS_FILE, tokenizer) for path in members or [folder]]
-    return (Ensemble(models) if members else models[0]), tokenizer, config
+    n = config.training.members
+    if n == 1:
+        return _load_checked(folder / WEIGHTS_FILE, tokenizer), tokenizer, config
+    models: list[Seq2Seq] = []
+    for k in range(1, n + 1):  # one at a time: the first missing member ends it
+        path = folder / MEMBERS_DIR / str(k) / WEIGHTS_FILE
+        _check_files(path.parent, inside, (WEIGHTS_FILE,))
+        models.append(_load_checked(path, tokenizer))
+        if models[-1].settings != models[0].settings:
+            differ = sorted(key for key, value in models[0].settings.items()
+                            if models[-1].settings.get(key) != value)
+            raise ModelFolderError(f"{path} is not of the ensemble's first member's "
+                                   f"architecture (differs in {', '.join(differ)})")
+    return Ensemble(models), tokenizer, config
 
 
 def _check_files(folder: Path, inside: Path, names: tuple[str, ...]) -> None:
@@ -188,9 +197,12 @@ def _check_files(folder: Path, inside: Path, names: tuple[str, ...]) -> None:
 
 
 def _load_checked(path: Path, tokenizer: Tokenizer) -> Seq2Seq:
+    """The weights in path, whose vocabularies must be the tokenizer's."""
     model = load_weights(path)
-    if model.settings["tgt_vocab_size"] != tokenizer.tgt_vocab_size:
-        raise ModelFolderError(
-            f"{path} has a target vocabulary of {model.settings['tgt_vocab_size']} but the "
-            f"tokenizer has {tokenizer.tgt_vocab_size}")
+    for side, name in (("src", "source"), ("tgt", "target")):
+        ours = model.settings[f"{side}_vocab_size"]
+        theirs = getattr(tokenizer, f"{side}_vocab_size")
+        if ours != theirs:
+            raise ModelFolderError(f"{path} has a {name} vocabulary of {ours} but the "
+                                   f"tokenizer has {theirs}")
     return model

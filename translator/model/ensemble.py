@@ -25,9 +25,9 @@ class Ensemble:
     def __init__(self, members: list[Seq2Seq]) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        vocab = {m.settings["tgt_vocab_size"] for m in members}
-        if len(vocab) > 1:
-            raise ValueError(f"the members' target vocabularies differ: {sorted(vocab)}")
+        if any(m.settings != members[0].settings for m in members):
+            raise ValueError("an ensemble's members must share one architecture and "
+                             "vocabulary (Seq2Seq.settings)")
         self.members = list(members)
         self.settings = members[0].settings
         self.compute_dtype = members[0].compute_dtype

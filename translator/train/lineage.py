@@ -34,11 +34,13 @@ def check_parent(config: config_lib.Config) -> None:
     """Fine-tuning needs the parent's model and tokenizer settings: its weights and
     vocabulary must fit this run's model."""
     parent = Path(config.training.init_from)
-    members = mf.member_folders(parent, mf.read_config(parent)) if parent.is_dir() else []
-    if members:
-        raise RunFolderError(f"--init-from {parent} is an ensemble of {len(members)} models: "
-                             f"fine-tune one of them (--init-from {members[0]})")
     if not (parent / mf.WEIGHTS_FILE).exists():
+        members = (mf.read_config(parent).training.members
+                   if (parent / mf.CONFIG_FILE).exists() else 1)
+        if members > 1:
+            raise RunFolderError(f"--init-from {parent} is an ensemble of {members} models: "
+                                 f"fine-tune one of them (--init-from "
+                                 f"{parent / mf.MEMBERS_DIR / '1'})")
         raise RunFolderError(f"--init-from {parent}: no trained model there "
                              f"({parent / mf.WEIGHTS_FILE} is missing)")
     old, new = mf.read_config(parent).to_dict(), config.to_dict()

@@ -152,6 +152,8 @@ def _train_members(config, folder: Path, overwrite: bool, log, verbose, more_epo
                                        "--strategy default")
     resume = _check_folder(folder, config, overwrite)
     shared = _data_and_tokenizer(folder, config, overwrite, resume, log)
+    if resume:  # the budget keys (epochs, max_minutes, ...) may have grown
+        _write_config(folder, config)
     distribution = distribute.make_strategy(strategy)
     results = []
     for k, member in enumerate(mf.member_folders(folder, config), 1):
@@ -198,8 +200,9 @@ def _check_folder(folder: Path, config: config_lib.Config, overwrite: bool) -> b
     if folder.exists() and not holds_run and any(folder.iterdir()):
         raise RunFolderError(f"{folder} is not empty and holds no model; choose another "
                              "--output (--overwrite replaces model folders only)")
-    trained = ((folder / mf.CHECKPOINT_DIR / STATE_FILE).exists()
-               or (folder / mf.WEIGHTS_FILE).exists() or (folder / mf.MEMBERS_DIR).exists())
+    trained = any((run / mf.CHECKPOINT_DIR / STATE_FILE).exists()
+                  or (run / mf.WEIGHTS_FILE).exists()
+                  for run in [folder, *(folder / mf.MEMBERS_DIR).glob("*")])
     if overwrite or not (folder / mf.CONFIG_FILE).exists() or not trained:
         return False  # (a run stopped before its first checkpoint trained nothing: start it)
     old = mf.read_config(folder).to_dict()
