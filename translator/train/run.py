@@ -30,7 +30,7 @@ from translator.data.registry import get_corpus
 from translator.evaluate import evaluate_model
 from translator.faults import crash_point
 from translator.metrics import bleu
-from translator.model import Ensemble, MaskedCrossEntropy
+from translator.model import MaskedCrossEntropy
 from translator.train.optimizer import FusedAdam
 from translator.data.pipeline import (
     SubwordSampler, TrainingBatches, batches_dataset, encode_pairs, eval_batches)
@@ -164,7 +164,7 @@ def _train_members(config, folder: Path, overwrite: bool, log, verbose, more_epo
         results.append(_train(member_config, member, False, log, verbose, None, distribution,
                               shared=shared))
     splits, tokenizer = shared
-    ensemble = Ensemble([mf.load_weights(r.folder / mf.WEIGHTS_FILE) for r in results])
+    ensemble = mf.load_model_folder(folder)[0]  # the members' best weights, checked
     cards = [{"folder": r.folder.relative_to(folder).as_posix(),
               "seed": mf.member_config(config, k).training.seed,
               "best_epoch": r.state.best_epoch, "dev_bleu": r.best_dev_bleu,
